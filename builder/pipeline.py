@@ -1,10 +1,21 @@
-"""tf.data input pipelines for training: shuffle, per-image augmentation in parallel maps, batch, prefetch.
+"""tf.data input pipelines for training: shuffle, batch, augment whole batches, prefetch.
 
 Augmentation presets (the model itself holds no augmentation layer, so it loads on the server's Keras):
   none   the images as they are
-  light  flips, 90-degree rotations, small reflect-padded shifts - the symmetries of a blood smear
-  heavy  light, then the hidden set's own corruption (issue 4's `an2dl`: AugMix then RandAugment, sampled per
-         image) on a share of the images, then Gaussian noise (seed 001's "dirt")
+  light  per image: one of the 8 flips/90-degree rotations, a reflect-padded shift of up to 8 px - the
+         symmetries of a blood smear
+  heavy  the hidden set's own corruption (issue 4's `an2dl`: AugMix then RandAugment, sampled per image) on a
+         share of the images, then light, then Gaussian noise (seed 001's "dirt") on all
+
+Cost, measured on 2 cores (a small CNN at 64 px trains at ~4 ms an image, so every 0.1 ms is 2.5% of a step):
+- light ops in numpy on the whole batch (views, one copy an image): 0.05-0.1 ms an image over none; the same
+  ops as tf.image calls mapped image by image cost 0.3-0.35 ms, batched tf.where variants 0.5 ms (op dispatch
+  and full-batch copies dominate at 96 px).
+- noise: a field drawn from a fixed pool of NOISE_POOL, 0.05 ms; fresh tf.random normals, 0.35-0.5 ms.
+- an2dl (numpy, issue 4): ~2.1 ms of CPU an image, more than the model's step. With `bank=K` it is computed
+  once, K corrupted copies of the training set before the first epoch, and each step picks one of them per
+  image (or the clean image): fewer fresh draws for a fraction of the cost. bank=None corrupts every batch
+  anew (the choice on a GPU, where tf.data's parallel CPU work overlaps the device's steps).
 """
 
 from __future__ import annotations
@@ -14,66 +25,121 @@ import numpy as np
 AUGMENT_PRESETS = ("none", "light", "heavy")
 HEAVY_SHARE = 0.8        # keep some clean views: the hidden set's corruption leaves ~1/11 images near clean
 HEAVY_NOISE_SIGMA = 8.0  # on 0..255
+MAX_SHIFT = 8            # pixels, light preset
 
 
-def _light(image, seed):
+def light_batch(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Per image of a uint8 batch (B, H, W, C): one of the 8 symmetries of the square (rot90 k times, then a
+    flip; transposes only for square images) and an integer shift of up to MAX_SHIFT px with reflection."""
+    b, h, w = images.shape[:3]
+    rot = rng.integers(0, 4, b) if h == w else 2 * rng.integers(0, 2, b)
+    flip = rng.random(b) < 0.5
+    dy, dx = rng.integers(0, 2 * MAX_SHIFT + 1, (2, b))
+    padded = np.pad(images, ((0, 0), (MAX_SHIFT, MAX_SHIFT), (MAX_SHIFT, MAX_SHIFT), (0, 0)), mode="reflect")
+    out = np.empty_like(images)
+    for i in range(b):   # numpy views: one copy per image, no per-op dispatch (see the module docstring)
+        view = np.rot90(padded[i, dy[i]:dy[i] + h, dx[i]:dx[i] + w], rot[i])
+        out[i] = view[:, ::-1] if flip[i] else view
+    return out
+
+
+NOISE_POOL = 256          # fixed noise fields the heavy preset draws from, one per image
+
+
+def noise_pool(sigma: float, shape: tuple, seed: int):
+    """NOISE_POOL integer-valued Gaussian noise fields of `sigma` grey levels, (NOISE_POOL, *shape) float32.
+    Drawing a field from a pool instead of fresh normals: 0.1 vs 0.45 ms an image (see the module docstring)."""
     import tensorflow as tf
 
-    s = tf.random.experimental.stateless_split(seed, 4)
-    image = tf.image.stateless_random_flip_left_right(image, s[0])
-    image = tf.image.stateless_random_flip_up_down(image, s[1])
-    k = tf.random.stateless_uniform([], s[2], 0, 4, dtype=tf.int32)
-    image = tf.image.rot90(image, k)
-    # shift by up to 8 px with reflection: pad, then a random crop back to size
-    size = tf.shape(image)[:2]
-    padded = tf.pad(image, [[8, 8], [8, 8], [0, 0]], mode="REFLECT")
-    return tf.image.stateless_random_crop(padded, tf.concat([size, [3]], 0), s[3])
+    fields = np.round(np.random.default_rng([seed, 0x9015E]).normal(0.0, sigma, (NOISE_POOL, *shape)))
+    return tf.constant(fields.astype(np.float32))
 
 
-def _heavy_batch(images: np.ndarray, seed: np.ndarray) -> np.ndarray:
-    """numpy side of the heavy preset, on a whole batch: per-image draws inside apply_preset."""
+def add_noise_batch(x, pool, seed):
+    """One pool field per image of a float32 batch, clipped to 0..255 (integer inputs stay integers)."""
+    import tensorflow as tf
+
+    pick = tf.random.stateless_uniform([tf.shape(x)[0]], seed, 0, pool.shape[0], dtype=tf.int32)
+    return tf.clip_by_value(x + tf.gather(pool, pick), 0.0, 255.0)
+
+
+def heavy_bank(images: np.ndarray, copies: int, seed: int, progress: bool = False) -> np.ndarray:
+    """`copies` an2dl-corrupted copies of `images`, (copies, N, H, W, 3) uint8: computed once per build (not
+    cached on disk: at ~330 MB a copy of a training set they belong to this run)."""
+    from subbench.corrupt import apply_preset
+
+    bank = np.empty((copies, *images.shape), np.uint8)
+    for k in range(copies):
+        bank[k] = apply_preset(images, "an2dl", seed=seed * 1_009 + k, cache=False, progress=progress)
+    return bank
+
+
+def _batch_fetcher(images: np.ndarray, augment: str, seed: int, bank: np.ndarray | None):
+    """The numpy side of a training batch: gather rows `idx`; for heavy, the clean image or a corrupted one
+    (a bank copy, or corrupted now) per image; for light and heavy, the symmetries and shifts."""
     from subbench.corrupt import training_augment
 
-    return training_augment(images, int(seed), share=HEAVY_SHARE, noise_sigma=HEAVY_NOISE_SIGMA)
+    def fetch(idx: np.ndarray, key: np.ndarray) -> np.ndarray:
+        rng = np.random.default_rng([seed, int(key) % 2**63])
+        if augment != "heavy":
+            out = images[idx]
+        elif bank is not None:
+            out = images[idx]
+            corrupted = rng.random(len(idx)) < HEAVY_SHARE
+            copy = rng.integers(0, len(bank), len(idx))
+            out[corrupted] = bank[copy[corrupted], idx[corrupted]]
+        else:
+            out = training_augment(images[idx], int(rng.integers(2**31)), share=HEAVY_SHARE)
+        return light_batch(out, rng)
+
+    return fetch
 
 
 def make_dataset(images: np.ndarray, labels_onehot: np.ndarray, *, batch_size: int, augment: str = "none",
-                 shuffle: bool = True, seed: int = 0, index: np.ndarray | None = None):
+                 shuffle: bool = True, seed: int = 0, index: np.ndarray | None = None,
+                 bank: np.ndarray | None = None):
     """A tf.data.Dataset of (float32 images 0..255, one-hot labels) batches.
 
     `index` picks (and may repeat, for oversampling) the rows of `images` an epoch visits; default all.
+    `bank` (heavy only): precomputed corrupted copies from heavy_bank(images, ...) to draw from; None corrupts
+    every batch anew.
     """
     import tensorflow as tf
 
     if augment not in AUGMENT_PRESETS:
         raise ValueError(f"augment must be one of {AUGMENT_PRESETS}")
+    if bank is not None and (augment != "heavy" or bank.shape[1:] != images.shape):
+        raise ValueError("a bank goes with augment='heavy' and holds copies of exactly these images")
     index = np.arange(len(images)) if index is None else np.asarray(index)
     ds = tf.data.Dataset.from_tensor_slices(index)
     if shuffle:
         ds = ds.shuffle(len(index), seed=seed, reshuffle_each_iteration=True)
-    imgs = tf.constant(images)
+    ds = ds.batch(batch_size)
+    # A different random key per batch, and per epoch (a counter would restart with every epoch's iterator
+    # and repeat the same draws): per-image randomness from stateless ops, reproducible runs.
+    keys = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
+    ds = tf.data.Dataset.zip((ds, keys))
     labs = tf.constant(labels_onehot.astype(np.float32))
-    # A different stateless seed per element and epoch: per-image randomness, reproducible runs.
-    counter = tf.data.Dataset.counter(start=seed * 1_000_003)
-    ds = tf.data.Dataset.zip((ds, counter))
+    if augment == "none":
+        imgs = tf.constant(images)
 
-    def fetch(i, c):
-        image = tf.gather(imgs, i)
-        if augment in ("light", "heavy"):
-            image = _light(image, tf.stack([c, tf.constant(seed, tf.int64)]))
-        return image, tf.gather(labs, i)
+        def fetch(i, c):
+            return tf.gather(imgs, i), i, c
+    else:
+        fetch_np = _batch_fetcher(images, augment, seed, bank)
+
+        def fetch(i, c):
+            x = tf.numpy_function(fetch_np, [i, c], tf.uint8, stateful=False)
+            return tf.ensure_shape(x, (None, *images.shape[1:])), i, c
+
+    pool = noise_pool(HEAVY_NOISE_SIGMA, images.shape[1:], seed) if augment == "heavy" else None
+
+    def finish(x, i, c):
+        x = tf.cast(x, tf.float32)
+        if augment == "heavy":
+            x = add_noise_batch(x, pool, tf.stack([c, tf.constant(seed, tf.int64)]))
+        return x, tf.gather(labs, i)
 
     ds = ds.map(fetch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    ds = ds.batch(batch_size)
-    if augment == "heavy":
-        batch_counter = tf.data.Dataset.counter(start=seed * 7_919)
-        ds = tf.data.Dataset.zip((ds, batch_counter))
-
-        def heavy(batch, c):
-            x, y = batch
-            out = tf.numpy_function(_heavy_batch, [x, c], tf.uint8, stateful=False)
-            return tf.ensure_shape(out, x.shape), y
-
-        ds = ds.map(heavy, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    ds = ds.map(lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.map(finish, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return ds.prefetch(tf.data.AUTOTUNE)

@@ -31,7 +31,7 @@ SECTIONS = {
     "head": ("head", "head_dense", "head_batchnorm", "head_dropout", "head_l2"),
     "loss": ("loss", "label_smoothing", "focal_gamma", "focal_alpha", "balance"),
     "optimizer": ("optimizer", "learning_rate", "weight_decay", "schedule"),
-    "train": ("epochs", "batch_size", "patience", "augment", "holdout", "seed", "val_corrupt", "kfold", "final",
+    "train": ("epochs", "batch_size", "patience", "augment", "heavy_bank", "holdout", "seed", "val_corrupt", "kfold", "final",
               "mixed_precision", "strategy", "limit", "max_train_minutes"),
     "finetune": ("finetune_phases", "finetune_epochs", "finetune_lr_decay", "unfreeze_to"),
     "tta": ("tta", "time_budget_s"),
@@ -69,6 +69,7 @@ class Recipe:
     batch_size: int = 64
     patience: int = 5
     augment: str = "light"            # none | light | heavy
+    heavy_bank: int = 0               # heavy: K precomputed corrupted copies to draw from; 0 = corrupt every batch
     holdout: float = 0.1
     seed: int = 0
     val_corrupt: str | None = "an2dl"  # validation set corrupted once for early stopping (seed 000); None = clean
@@ -96,6 +97,50 @@ class Recipe:
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(Recipe)}
+
+# Values a field may take: a recipe file is checked as a whole when read, so a typo is one named error before
+# any data is loaded, not a traceback an hour into training.
+CHOICES = {
+    "head": ("gap", "inception"), "loss": ("crossentropy", "focal"), "balance": ("none", "oversample", "weights"),
+    "optimizer": ("adamw", "lion", "nadam", "sgd"), "schedule": ("plateau", "cosine", "constant"),
+    "augment": ("none", "light", "heavy"), "strategy": ("auto", "mirrored", "multiworker", "none"),
+    "tta": ("none", "flips", "d4", "auto"),
+}
+# (type, lowest allowed, highest allowed or None, the lowest bound excluded?)
+RANGES = {
+    "epochs": (int, 1, None, False), "batch_size": (int, 1, None, False), "patience": (int, 0, None, False),
+    "heavy_bank": (int, 0, None, False), "holdout": (float, 0.0, 0.9, False), "seed": (int, 0, None, False),
+    "kfold": (int, 0, None, False), "limit": (int, 1, None, False), "max_train_minutes": (float, 0.0, None, True),
+    "learning_rate": (float, 0.0, None, True), "weight_decay": (float, 0.0, None, False),
+    "label_smoothing": (float, 0.0, 0.99, False), "focal_gamma": (float, 0.0, None, False),
+    "focal_alpha": (float, 0.0, None, True), "head_dropout": (float, 0.0, 0.99, False),
+    "head_l2": (float, 0.0, None, False), "finetune_phases": (int, 0, None, False),
+    "finetune_epochs": (int, 1, None, False), "finetune_lr_decay": (float, 0.0, 1.0, True),
+    "unfreeze_to": (float, 0.0, 1.0, False), "input_size": (int, 32, None, False),
+    "time_budget_s": (float, 0.0, None, True),
+}
+
+
+def check_values(recipe: Recipe, where: str = "recipe") -> Recipe:
+    """RecipeError naming the first option whose value is of the wrong kind or out of range."""
+    for name, allowed in CHOICES.items():
+        value = getattr(recipe, name)
+        if value not in allowed:
+            raise RecipeError(f"{where}: {name} = {value!r} is not one of {list(allowed)}",
+                              f"set {name} to one of {', '.join(allowed)}")
+    for name, (kind, low, high, open_low) in RANGES.items():
+        value = getattr(recipe, name)
+        if value is None:
+            continue
+        ok_type = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if kind is int:
+            ok_type = ok_type and float(value).is_integer()
+        if not ok_type or value < low or (open_low and value == low) or (high is not None and value > high):
+            bound = f"{'above' if open_low else 'at least'} {low}" + (f" and at most {high}" if high is not None
+                                                                         else "")
+            raise RecipeError(f"{where}: {name} = {value!r} is not {'an integer' if kind is int else 'a number'} "
+                              f"{bound}", f"set {name} to {'an integer' if kind is int else 'a number'} {bound}")
+    return recipe
 
 
 def shipped_recipes() -> list[str]:
@@ -134,7 +179,7 @@ def load_recipe(name_or_path: str | Path) -> Recipe:
                 raise RecipeError(f"recipe {path}: [{section}] has no option {key!r}",
                                   f"[{section}] takes {list(SECTIONS[section])}")
             values[key] = _coerce(key, value)
-    return Recipe(**values)
+    return check_values(Recipe(**values), f"recipe {path}")
 
 
 def with_overrides(recipe: Recipe, **overrides) -> Recipe:
@@ -143,4 +188,4 @@ def with_overrides(recipe: Recipe, **overrides) -> Recipe:
     unknown = sorted(set(changes) - set(_FIELDS))
     if unknown:
         raise RecipeError(f"unknown recipe options {unknown}", f"options are {sorted(_FIELDS)}")
-    return dataclasses.replace(recipe, **changes)
+    return check_values(dataclasses.replace(recipe, **changes), "options")

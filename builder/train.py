@@ -19,7 +19,7 @@ import numpy as np
 from subbench.atomic import write_text_atomic
 from subbench.errors import SubbenchError
 
-from .pipeline import make_dataset
+from .pipeline import heavy_bank, make_dataset
 from .recipe import Recipe
 
 STATE = "state.json"
@@ -215,8 +215,16 @@ def train(recipe: Recipe, images: np.ndarray, labels: np.ndarray, val_images: np
                                 input_size=recipe.input_size, weights=recipe.weights, head=head, seed=recipe.seed)
         index = oversample_index(labels, recipe.seed) if recipe.balance == "oversample" else None
         cw = class_weights(labels, num_classes) if recipe.balance == "weights" else None
+        # The training time budget starts before the heavy bank is computed: the bank is part of training.
+        deadline = time.monotonic() + recipe.max_train_minutes * 60 if recipe.max_train_minutes else None
+        bank = None
+        if recipe.augment == "heavy" and recipe.heavy_bank > 0:
+            t0 = time.monotonic()
+            bank = heavy_bank(images, recipe.heavy_bank, recipe.seed, progress=progress)
+            echo(f"heavy augmentation: {recipe.heavy_bank} corrupted copies of the training set computed in "
+                 f"{time.monotonic() - t0:.0f} s")
         train_ds = make_dataset(images, one_hot(labels, num_classes), batch_size=recipe.batch_size,
-                                augment=recipe.augment, seed=recipe.seed, index=index)
+                                augment=recipe.augment, seed=recipe.seed, index=index, bank=bank)
         val_ds = None
         if val_images is not None and len(val_images):
             val_ds = make_dataset(val_images, one_hot(val_labels, num_classes), batch_size=recipe.batch_size,
@@ -225,7 +233,6 @@ def train(recipe: Recipe, images: np.ndarray, labels: np.ndarray, val_images: np
         phases = plan_phases(recipe, epochs, early_stopping=val_ds is not None)
         monitor = "val_accuracy" if val_ds is not None else "accuracy"
         history: list[dict] = []
-        deadline = time.monotonic() + recipe.max_train_minutes * 60 if recipe.max_train_minutes else None
         for phase in phases:
             best_path = build_dir / f"{phase.name}.best.weights.h5"
             if phase.name in state["done"]:

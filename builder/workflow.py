@@ -61,6 +61,11 @@ def _limit(idx: np.ndarray, labels: np.ndarray, n: int | None, seed: int) -> np.
     return np.sort(keep)
 
 
+# The validation copy's corruption draws differ from `subbench score`'s (seed 0 by default): the best epoch and
+# the TTA views are chosen on one corrupted copy of the held-out images and scored on another.
+VAL_CORRUPT_SEED = 10_007
+
+
 def _validation(dataset: Dataset, idx: np.ndarray, recipe: Recipe, echo):
     if len(idx) == 0:
         return None, None
@@ -69,7 +74,7 @@ def _validation(dataset: Dataset, idx: np.ndarray, recipe: Recipe, echo):
         from subbench.corrupt import apply_preset
 
         echo(f"validation: {len(idx)} held-out images corrupted once with preset {recipe.val_corrupt!r}")
-        images = apply_preset(images, recipe.val_corrupt, seed=recipe.seed)
+        images = apply_preset(images, recipe.val_corrupt, seed=VAL_CORRUPT_SEED + recipe.seed)
     return images, dataset.labels[idx]
 
 

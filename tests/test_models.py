@@ -73,7 +73,7 @@ def test_registry_has_every_name_of_the_issue_and_nothing_else():
     assert sorted(BACKBONES) == sorted(ISSUE_NAMES)
     assert {s.family for s in BACKBONES.values()} == set(SMALLEST)
     for spec in BACKBONES.values():
-        assert spec.preprocessing in ("caffe", "tf", "torch", "builtin")
+        assert spec.preprocessing in ("caffe", "tf", "torch", "builtin", "standardize")
         assert spec.min_input_size <= 96 and spec.default_input_size >= 96
         assert (spec.weights_file is None) == (spec.family == "custom")
         if spec.weights_file:
@@ -140,8 +140,9 @@ def test_every_other_backbone_builds_with_the_profile_input(name):
 # ---------------------------------------------------------------------------------------- preprocessing
 
 def _reference(spec: M.BackboneSpec, x: np.ndarray) -> np.ndarray:
-    if spec.keras_module is None:       # custom_cnn: tf mode
-        return keras.applications.imagenet_utils.preprocess_input(x.copy(), mode="tf")
+    if spec.keras_module is None:       # custom_cnn: per-image standardisation (numpy, by hand: the reference)
+        mean = x.mean(axis=(1, 2, 3), keepdims=True)
+        return (x - mean) / np.sqrt(x.var(axis=(1, 2, 3), keepdims=True) + 1.0)
     return np.asarray(getattr(keras.applications, spec.keras_module).preprocess_input(x.copy()))
 
 
@@ -149,12 +150,20 @@ def _reference(spec: M.BackboneSpec, x: np.ndarray) -> np.ndarray:
                                   "convnext_tiny", "efficientnet_b0", "efficientnetv2_b0", "mobilenetv3_small"])
 def test_raw_pixels_reach_the_backbone_as_keras_preprocess_input_makes_them(name):
     """caffe/tf/torch: our layers equal <family>.preprocess_input; builtin: preprocess_input is the identity
-    and nothing is added in front of the backbone (no double preprocessing)."""
+    and nothing is added in front of the backbone (no double preprocessing); standardize (custom_cnn): each
+    image to zero mean and unit variance."""
     built = smallest(name)
     x = images(4)
     got = np.asarray(built.preprocess(x))
     np.testing.assert_allclose(got, _reference(built.spec, x), rtol=1e-5, atol=2e-5)
     assert (built.spec.preprocessing == "builtin") == (not built.preprocess_layers)
+
+
+def test_standardize_cancels_brightness_and_contrast():
+    built = smallest("custom_cnn")
+    x = images(3)
+    np.testing.assert_allclose(np.asarray(built.preprocess(0.5 * x + 40.0)), np.asarray(built.preprocess(x)),
+                               atol=1e-3)
 
 
 def _leading_preprocessing(backbone, x):

@@ -57,6 +57,29 @@ def test_bad_recipe(tmp_path):
         load_recipe("nope")
 
 
+@pytest.mark.parametrize("line, named", [("[train]\naugment = 'strong'", "augment = 'strong' is not one of"),
+                                         ("[train]\nepochs = 2.5", "epochs = 2.5 is not an integer"),
+                                         ("[train]\nheavy_bank = -1", "heavy_bank = -1"),
+                                         ("[optimizer]\nlearning_rate = 0", "learning_rate = 0 is not a number above"),
+                                         ("[loss]\nlabel_smoothing = 'yes'", "label_smoothing = 'yes'")])
+def test_recipe_values_are_checked_when_read(tmp_path, line, named):
+    (tmp_path / "r.toml").write_text(line + "\n")
+    with pytest.raises(RecipeError, match=named):
+        load_recipe(tmp_path / "r.toml")
+
+
+def test_a_bad_recipe_value_is_one_named_error_on_the_command_line(tmp_path, tiny_npz):
+    (tmp_path / "r.toml").write_text("[train]\naugment = 'strong'\n")
+    res = run_cli("build", "--recipe", str(tmp_path / "r.toml"), "--data", str(tiny_npz), "-o",
+                  str(tmp_path / "sub.zip"))
+    assert res.returncode != 0 and "Traceback" not in res.stderr
+    assert "RecipeError" in res.stderr and "augment = 'strong'" in res.stderr and "hint:" in res.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.toml"]
+    res = run_cli("build", "--recipe", "cpu", "--heavy-bank", "-2", "--data", str(tiny_npz), "-o",
+                  str(tmp_path / "sub.zip"))
+    assert res.returncode != 0 and "heavy_bank = -2" in res.stderr and "Traceback" not in res.stderr
+
+
 def test_build_trains_packages_and_records_the_split(tiny_npz, tmp_path):
     out = tmp_path / "sub.zip"
     res = run_cli("build", *FAST, "--data", str(tiny_npz), "--epochs", "2", "--holdout", "0.25", "--tta", "auto",

@@ -36,6 +36,8 @@ TRAINING_OPTIONS = [
     click.option("--batch-size", type=int, default=None),
     click.option("--patience", type=int, default=None, help="Early-stopping patience (epochs)."),
     click.option("--augment", type=click.Choice(["none", "light", "heavy"]), default=None),
+    click.option("--heavy-bank", type=int, default=None, metavar="K",
+                 help="heavy: draw from K corrupted copies computed once (CPU speed); 0 = corrupt every batch."),
     click.option("--balance", type=click.Choice(["none", "oversample", "weights"]), default=None),
     click.option("--holdout", type=float, default=None, help="Held-out fraction (stratified)."),
     click.option("--seed", type=int, default=None),
