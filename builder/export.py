@@ -26,7 +26,8 @@ def _inference_copy(model):
     config.pop("compile_config", None)
     for node in iter_objects(config):
         obj = node.obj
-        if obj["class_name"] in ("DTypePolicy", "FloatDTypePolicy") and str(obj["config"].get("name")).startswith("mixed"):
+        if (obj["class_name"] in ("DTypePolicy", "FloatDTypePolicy")
+                and str(obj["config"].get("name")).startswith("mixed")):
             obj["config"]["name"] = "float32"
             obj["class_name"] = "DTypePolicy"
         if isinstance(obj["config"].get("dtype"), str) and obj["config"]["dtype"].startswith("mixed"):
@@ -80,5 +81,5 @@ def load_user_model(path: Path):
         return keras.models.load_model(path, compile=False)
     except Exception as exc:  # Keras raises ValueError/TypeError/OSError depending on the problem
         first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
-        raise ExportError(f"Keras cannot load {path.name}: {first}",
-                          "save it with model.save('m.keras') in Keras 3; custom layers must be built-in ones") from None
+        raise ExportError(f"Keras cannot load {path.name}: {first}", "save it with model.save('m.keras') in Keras 3; "
+                          "custom layers must be built-in ones") from None

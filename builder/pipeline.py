@@ -11,7 +11,7 @@ Cost, measured on 2 cores (a small CNN at 64 px trains at ~4 ms an image, so eve
 - light ops in numpy on the whole batch (views, one copy an image): 0.05-0.1 ms an image over none; the same
   ops as tf.image calls mapped image by image cost 0.3-0.35 ms, batched tf.where variants 0.5 ms (op dispatch
   and full-batch copies dominate at 96 px).
-- noise: a field drawn from a fixed pool of NOISE_POOL, 0.05 ms; fresh tf.random normals, 0.35-0.5 ms.
+- noise: a field drawn from a fixed pool of NOISE_POOL, 0.05 ms; fresh tf.random normals, 0.4-0.5 ms.
 - an2dl (numpy, issue 4): ~2.1 ms of CPU an image, more than the model's step. With `bank=K` it is computed
   once, K corrupted copies of the training set before the first epoch, and each step picks one of them per
   image (or the clean image): fewer fresh draws for a fraction of the cost. bank=None corrupts every batch
@@ -48,7 +48,7 @@ NOISE_POOL = 256          # fixed noise fields the heavy preset draws from, one 
 
 def noise_pool(sigma: float, shape: tuple, seed: int):
     """NOISE_POOL integer-valued Gaussian noise fields of `sigma` grey levels, (NOISE_POOL, *shape) float32.
-    Drawing a field from a pool instead of fresh normals: 0.1 vs 0.45 ms an image (see the module docstring)."""
+    Drawing a field from a pool instead of fresh normals: 0.05 vs 0.4-0.5 ms an image (see the module docstring)."""
     import tensorflow as tf
 
     fields = np.round(np.random.default_rng([seed, 0x9015E]).normal(0.0, sigma, (NOISE_POOL, *shape)))

@@ -31,8 +31,8 @@ SECTIONS = {
     "head": ("head", "head_dense", "head_batchnorm", "head_dropout", "head_l2"),
     "loss": ("loss", "label_smoothing", "focal_gamma", "focal_alpha", "balance"),
     "optimizer": ("optimizer", "learning_rate", "weight_decay", "schedule"),
-    "train": ("epochs", "batch_size", "patience", "augment", "heavy_bank", "holdout", "seed", "val_corrupt", "kfold", "final",
-              "mixed_precision", "strategy", "limit", "max_train_minutes"),
+    "train": ("epochs", "batch_size", "patience", "augment", "heavy_bank", "holdout", "seed", "val_corrupt", "kfold",
+              "final", "mixed_precision", "strategy", "limit", "max_train_minutes"),
     "finetune": ("finetune_phases", "finetune_epochs", "finetune_lr_decay", "unfreeze_to"),
     "tta": ("tta", "time_budget_s"),
 }

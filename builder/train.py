@@ -195,7 +195,7 @@ def train(recipe: Recipe, images: np.ndarray, labels: np.ndarray, val_images: np
                                 "repeat the original command with --resume, or pass --force to start over")
     else:
         state = {"recipe": recipe.to_dict(), "phases": {}, "done": []}
-        for stale in ("log.jsonl",):
+        for stale in ("log.jsonl", "log.csv"):
             (build_dir / stale).unlink(missing_ok=True)
     if recipe.mixed_precision:
         import tensorflow as tf
@@ -253,6 +253,7 @@ def train(recipe: Recipe, images: np.ndarray, labels: np.ndarray, val_images: np
                                                 save_weights_only=True, mode="max",
                                                 initial_value_threshold=prior.get("best_val_accuracy")),
                 _EpochLog.make(build_dir, phase.name, state),
+                keras.callbacks.CSVLogger(str(build_dir / "log.csv"), append=True),
             ]
             if phase.early_stopping:
                 callbacks.append(keras.callbacks.EarlyStopping(monitor=monitor, mode="max", patience=recipe.patience))

@@ -1,8 +1,9 @@
 """`subbench build --model NAME --data DATA`: data -> split -> train -> choose TTA -> package.
 
 The build folder (default: the zip's path with `.build` instead of `.zip`) holds checkpoints, state.json,
-log.jsonl, curves.png and summary.json; `--resume` continues from it. The held-out split and the training
-images' hashes go into the manifest, so `subbench score` scores on held-out images and flags leakage.
+log.jsonl and log.csv (a row an epoch), curves.png and summary.json; `--resume` continues from it. The held-out
+split and the training images' hashes go into the manifest, so `subbench score` scores on held-out images and
+flags leakage.
 """
 
 from __future__ import annotations

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import signal
@@ -100,6 +101,23 @@ def test_build_trains_packages_and_records_the_split(tiny_npz, tmp_path):
         assert (build_dir / name).exists(), name
     rows = [json.loads(line) for line in (build_dir / "main/log.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2] and all("val_accuracy" in r for r in rows)
+    with open(build_dir / "main/log.csv", newline="") as f:
+        table = list(csv.DictReader(f))
+    assert [int(r["epoch"]) for r in table] == [0, 1]          # Keras counts epochs from 0
+    np.testing.assert_allclose([float(r["val_accuracy"]) for r in table], [r["val_accuracy"] for r in rows])
+    assert check_zip(out, PROFILE).ok
+
+
+def test_cpu_recipe_builds_with_its_heavy_bank_at_64_px(tiny_npz, tmp_path):
+    """The cpu recipe end to end, shortened: heavy augmentation from a bank of corrupted copies, 64 px inside a
+    model that takes the profile's 96 px, a zip that passes check."""
+    out = tmp_path / "sub.zip"
+    res = run_cli("build", "--recipe", "cpu", "--data", str(tiny_npz), "--epochs", "1", "--batch-size", "16",
+                  "--heavy-bank", "2", "--tta", "none", "-o", str(out))
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "heavy augmentation: 2 corrupted copies of the training set" in res.stdout
+    recipe = _manifest(out)["training"]["recipe"]
+    assert (recipe["augment"], recipe["heavy_bank"], recipe["input_size"]) == ("heavy", 2, 64)
     assert check_zip(out, PROFILE).ok
 
 
