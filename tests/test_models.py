@@ -207,8 +207,11 @@ def test_input_size_resizes_inside_the_model():
     assert tuple(built.model.input.shape) == (None, 96, 96, 3)
     assert built.input_size == 128 and tuple(built.backbone.input.shape) == (None, 128, 128, 3)
     assert isinstance(built.model.get_layer("pre_resize"), keras.layers.Resizing)
-    x = np.full((1, 96, 96, 3), 200.0, "float32")
-    np.testing.assert_allclose(np.asarray(built.preprocess(x)), 200 / 127.5 - 1, atol=1e-5)
+    x = images(2)
+    resized = np.asarray(keras.layers.Resizing(128, 128, interpolation="bilinear")(x))
+    got = np.asarray(built.preprocess(x))
+    assert got.shape == (2, 128, 128, 3)
+    np.testing.assert_allclose(got, _reference(built.spec, resized), rtol=1e-4, atol=1e-4)
     same = build_model("custom_cnn", input_size=96)
     assert "pre_resize" not in [l.name for l in same.model.layers] and same.input_size == 96
 
