@@ -78,6 +78,15 @@ def test_good_zip_predicts_the_fixture_perfectly_and_reports_stages(tmp_path):
     assert not Path(res.run_dir).exists(), "the temp run folder is removed"
 
 
+def test_peak_memory_is_the_submission_s_not_the_caller_s(tmp_path):
+    """A caller holding 1 GB (as `subbench score` with TensorFlow and data loaded does) must not show up in
+    the submission's peak: Linux's maxrss survives fork+exec."""
+    ballast = np.ones(2**30, np.uint8)       # touched pages: resident in this process
+    res = run(tmp_path, PERFECT)
+    assert res.status == "ok" and int(ballast[::4096].sum()) == 2**18
+    assert 5 < res.peak_memory_mb < 500
+
+
 def test_run_folder_layout_is_codabench_s_and_user_files_are_untouched(tmp_path):
     folder = tmp_path / "mine"
     folder.mkdir()
