@@ -6,7 +6,7 @@ compiles it with AdamW and categorical cross-entropy, and times `train_on_batch`
 alternating rounds so that machine load affects all alike, with XLA (Keras' default on CPU, jit_compile
 "auto") and without; medians are printed, plus the projected epoch time for 11,000 images.
 
-    python bench/bench_custom_cnn.py [--rounds 5] [--steps 5] [--threads 2]
+    python bench/bench_custom_cnn.py [--rounds 5] [--steps 5] [--threads 2] [--input-size 64] [--xla off]
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 VARIANTS = {
     "default (24,48,96,192)x(1,2,2,1)": {},
+    "default, Keras BatchNorm (not fused)": {"fused_batchnorm": False},
     "(32,64,128,256)x(1,2,2,1)": {"widths": (32, 64, 128, 256)},
     "(32,64,128,256)x(1,1,2,1)": {"widths": (32, 64, 128, 256), "blocks": (1, 1, 2, 1)},
     "(32,64,128,256)x(1,1,1,1)": {"widths": (32, 64, 128, 256), "blocks": (1, 1, 1, 1)},
@@ -33,6 +34,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--threads", type=int, default=0, help="TF intra/inter-op threads (0 = TF default)")
     ap.add_argument("--epoch-images", type=int, default=11000)
+    ap.add_argument("--input-size", type=int, default=96, help="resized to inside the model, as --input-size does")
     ap.add_argument("--xla", choices=("both", "on", "off"), default="both",
                     help="jit_compile True (Keras' 'auto' on CPU) and/or False")
     args = ap.parse_args()
@@ -56,7 +58,7 @@ def main() -> None:
     for name, kw in VARIANTS.items():
         for jit in {"both": (True, False), "on": (True,), "off": (False,)}[args.xla]:
             models.custom_cnn = lambda *a, _kw=kw, **k: original(*a, **{**k, **_kw})
-            built = models.build_model("custom_cnn")
+            built = models.build_model("custom_cnn", input_size=args.input_size)
             built.model.compile(keras.optimizers.AdamW(1e-3), "categorical_crossentropy", jit_compile=jit)
             t0 = time.perf_counter()
             built.model.train_on_batch(x, y)       # trace (and XLA-compile)
@@ -72,8 +74,8 @@ def main() -> None:
             run["times"].append((time.perf_counter() - t0) / args.steps)
 
     base = statistics.median(next(iter(runs.values()))["times"])
-    print(f"batch {args.batch}, 96x96x3, {os.cpu_count()} CPUs visible, threads {args.threads or 'default'}, "
-          f"{args.rounds} rounds x {args.steps} steps, Keras {keras.__version__}")
+    print(f"batch {args.batch}, 96x96x3 resized to {args.input_size} in the model, {os.cpu_count()} CPUs visible, "
+          f"threads {args.threads or 'default'}, {args.rounds} rounds x {args.steps} steps, Keras {keras.__version__}")
     print(f"{'variant':38s} {'xla':>5s} {'params':>8s} {'first step':>10s} {'step (median)':>14s} "
           f"{'epoch of ' + str(args.epoch_images):>16s} {'ratio':>6s}")
     for (name, jit), run in runs.items():

@@ -3,7 +3,8 @@
 A `.keras` file is a zip of config.json, metadata.json and model.weights.h5. Newer Keras versions add config
 keys older ones reject (measured: Keras 3.4.1 refuses BatchNormalization `renorm` written by 3.15), so the
 config is rewritten without the keys the target does not accept, after checking that each holds its default.
-The weights file is kept byte for byte. A compiled or mixed-precision model is first copied uncompiled, in float32.
+The weights file is kept byte for byte. A compiled or mixed-precision model is first copied uncompiled, in float32,
+with training-time stand-in layers (models.TRAINING_STANDINS) replaced by the Keras classes they stand in for.
 """
 
 from __future__ import annotations
@@ -15,17 +16,23 @@ from pathlib import Path
 from subbench.errors import ExportError
 from subbench.keras_compat import KeyTable, find_problems, iter_objects, strip_for_target
 
+from .models import TRAINING_STANDINS
+
 
 def _inference_copy(model):
     """The same architecture and weights, uncompiled (no optimizer or loss in the file: the server loads
     with compile=False, and training-side classes such as schedules need not exist there), with every dtype
-    policy float32 (mixed-precision training keeps float32 master weights)."""
+    policy float32 (mixed-precision training keeps float32 master weights) and every training-time stand-in
+    layer as its Keras parent class."""
     import keras
 
     config = json.loads(json.dumps(keras.saving.serialize_keras_object(model)))
     config.pop("compile_config", None)
     for node in iter_objects(config):
         obj = node.obj
+        if obj["class_name"] in TRAINING_STANDINS:     # e.g. the fused BatchNorm custom_cnn trains with
+            obj["class_name"] = TRAINING_STANDINS[obj["class_name"]]
+            obj["module"], obj["registered_name"] = "keras.layers", None
         if (obj["class_name"] in ("DTypePolicy", "FloatDTypePolicy")
                 and str(obj["config"].get("name")).startswith("mixed")):
             obj["config"]["name"] = "float32"
@@ -50,7 +57,8 @@ def export_model(model, dest: Path, table: KeyTable) -> dict:
     # the same mixed-precision detection `check` reports, so export and check never disagree
     mixed = any(f.kind == "mixed_precision" for f in find_problems(config, table))
     notes = {"float32_from_mixed": mixed, "dropped_keys": []}
-    if notes["float32_from_mixed"] or getattr(model, "optimizer", None) is not None:
+    standins = any(node.obj["class_name"] in TRAINING_STANDINS for node in iter_objects(config))
+    if mixed or standins or getattr(model, "optimizer", None) is not None:
         model = _inference_copy(model)
     raw = dest.with_name(dest.name + ".raw.keras")
     try:

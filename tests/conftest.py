@@ -16,6 +16,14 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 
 
+def pytest_collection_modifyitems(config, items):
+    """Under pytest-xdist (addopts: -n auto --dist loadgroup) the server-environment tests share one worker: they
+    may create ~/.cache/subbench/envs/..., and two workers must not build it at once."""
+    for item in items:
+        if item.get_closest_marker("server_env"):
+            item.add_marker(pytest.mark.xdist_group("server_env"))
+
+
 def tiny_model(num_classes: int = 8, activation: str = "softmax", extra=None):
     """Conv/BatchNorm/Dense on 96x96x3 with rescaling inside: the structure that broke on Keras 3.4.1."""
     import keras
