@@ -94,13 +94,17 @@ def test_heavy_with_bank_draws_clean_or_bank_copies_then_adds_noise():
     np.testing.assert_allclose(x[~dark].mean(axis=(1, 2, 3)), 30 * y.numpy()[~dark].argmax(1), atol=4)
 
 
-def test_heavy_without_bank_corrupts_batches_anew():
+@pytest.mark.parametrize("augment,bank", [("heavy", False), ("heavy", True), ("light", False)])
+def test_each_pass_of_the_repeated_dataset_draws_anew(augment, bank):
+    """train() fits on make_dataset(...).repeat() with steps_per_epoch (one iterator a phase): every pass,
+    i.e. every epoch, must draw new augmentations, not replay the first."""
     rng = np.random.default_rng(0)
     images = rng.integers(60, 200, (16, 32, 32, 3), dtype=np.uint8)
     onehot = np.eye(8, dtype=np.float32)[np.arange(16) % 8]
-    epoch = [x.numpy() for x, _ in make_dataset(images, onehot, batch_size=16, augment="heavy", shuffle=False)
-             .repeat(2)]
-    assert not np.array_equal(epoch[0], epoch[1])
+    copies = heavy_bank(images, 2, seed=0) if bank else None
+    epoch = [x.numpy() for x, _ in make_dataset(images, onehot, batch_size=16, augment=augment, shuffle=False,
+                                                bank=copies).repeat(3)]
+    assert not np.array_equal(epoch[0], epoch[1]) and not np.array_equal(epoch[1], epoch[2])
 
 
 def test_same_seed_same_batches_other_seed_other_batches():
