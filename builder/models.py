@@ -27,6 +27,7 @@ A backbone trained from scratch (weights none) is called normally: its BatchNorm
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -175,12 +176,13 @@ class BuiltModel:
 BN_MOMENTUM = 0.9
 
 
+@functools.lru_cache(maxsize=None)
 def _fused_batch_normalization_class():
     """A keras.layers.BatchNormalization whose training-mode call is TensorFlow's fused kernel (FusedBatchNormV3).
 
     Why: Keras 3 normalises with separate moment, subtract, scale ops; on a 2-core CPU that made BatchNorm about
     half of custom_cnn's training step (one 64x32x32x64 BN forward+backward: 78 ms as the Keras layer, 17 ms
-    fused; whole model ~1.2x the images a second, bench/bench_custom_cnn.py). Same weights, same inference path
+    fused; whole model 1.14x faster a step at 64 px, bench/bench_custom_cnn.py). Same weights, same inference path
     (the parent's), same moving-statistics rule; it exists only while training: export writes the Keras class
     (`TRAINING_STANDINS`), so the server loads a plain BatchNormalization. Defined lazily: importing this
     module must not import Keras."""
@@ -213,14 +215,8 @@ def _fused_batch_normalization_class():
     return FusedBatchNormalization
 
 
-_FUSED_BN = None
-
-
 def fused_batch_normalization(**kwargs):
-    global _FUSED_BN
-    if _FUSED_BN is None:
-        _FUSED_BN = _fused_batch_normalization_class()
-    return _FUSED_BN(**kwargs)
+    return _fused_batch_normalization_class()(**kwargs)
 
 
 # class name of a training-time stand-in -> the Keras class export writes in its place (same config, weights)
@@ -232,8 +228,9 @@ def custom_cnn(include_top: bool = False, weights=None, input_shape=(96, 96, 3),
     """A small ResNet for a CPU (0.9 M parameters with the GAP head): stride-2 stem, basic residual blocks
     (conv-BN-ReLU x2, projection shortcut on downsampling), stages at 1/2, 1/4, 1/8, 1/16 of the input.
     Returns the feature map (no top, no preprocessing: like keras.applications with include_top=False).
-    Widths (24..192) rather than (32..256): 0.59x the step time for 0.56x the parameters, measured side by
-    side in bench/bench_custom_cnn.py, which also shows XLA (Keras' jit_compile default) is ~2x slower on CPU.
+    Widths (24..192) rather than (32..256): 0.59x the step time for 0.56x the parameters with Keras' BatchNorm
+    (with the fused one, 32..256 costs only 1.07x at 64 px: worth re-measuring for accuracy), side by side
+    in bench/bench_custom_cnn.py, which also shows XLA (Keras' jit_compile default) is ~2x slower on CPU.
     `fused_batchnorm`: train with `FusedBatchNormalization` (see there; exported as BatchNormalization)."""
     import keras
     from keras import layers
