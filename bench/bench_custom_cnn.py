@@ -19,9 +19,9 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 VARIANTS = {
-    "default (24,48,96,192)x(1,2,2,1)": {},
+    "default (32,64,128,256)x(1,2,2,1)": {},
     "default, Keras BatchNorm (not fused)": {"fused_batchnorm": False},
-    "(32,64,128,256)x(1,2,2,1)": {"widths": (32, 64, 128, 256)},
+    "(24,48,96,192)x(1,2,2,1)": {"widths": (24, 48, 96, 192)},
     "(32,64,128,256)x(1,1,2,1)": {"widths": (32, 64, 128, 256), "blocks": (1, 1, 2, 1)},
     "(32,64,128,256)x(1,1,1,1)": {"widths": (32, 64, 128, 256), "blocks": (1, 1, 1, 1)},
 }
