@@ -229,7 +229,7 @@ def train(recipe: Recipe, images: np.ndarray, labels: np.ndarray, val_images: np
         if val_images is not None and len(val_images):
             val_ds = make_dataset(val_images, one_hot(val_labels, num_classes), batch_size=recipe.batch_size,
                                   shuffle=False)
-        steps = int(np.ceil((len(index) if index is not None else len(images)) / recipe.batch_size))
+        steps = int(train_ds.cardinality())   # batches a pass: the epoch of the repeated dataset fit() runs on
         phases = plan_phases(recipe, epochs, early_stopping=val_ds is not None)
         monitor = "val_accuracy" if val_ds is not None else "accuracy"
         history: list[dict] = []
