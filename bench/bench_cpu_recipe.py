@@ -45,6 +45,14 @@ def augmentation_cost(data: Path, rounds: int, steps: int) -> None:
     t0 = time.perf_counter()
     bank = heavy_bank(x, recipe.heavy_bank, seed=1)
     bank_s_per_image_copy = (time.perf_counter() - t0) / (len(x) * recipe.heavy_bank)
+    policy = "float32"
+    if recipe.mixed_precision:  # the recipe's compute precision: a faster model leaves augmentation a larger share
+        import keras
+
+        from subbench.builder.precision import mixed_precision_policy
+
+        policy = mixed_precision_policy()[0]
+        keras.mixed_precision.set_global_policy(policy)
     built = build_model(recipe.backbone, input_size=recipe.input_size)
     built.model.compile(optimizer="adamw", loss="categorical_crossentropy", jit_compile=False)
     feeds = {"none": make_dataset(x, y, batch_size=batch, augment="none", seed=1),
@@ -66,7 +74,7 @@ def augmentation_cost(data: Path, rounds: int, steps: int) -> None:
     n = rounds * steps * batch
     none = seconds["none"]
     print(f"augmentation cost ({rounds} alternating rounds x {steps} steps x batch {batch}, {recipe.backbone} at "
-          f"{recipe.input_size or 96} px, the cpu recipe's model):")
+          f"{recipe.input_size or 96} px, {policy}, the cpu recipe's model):")
     for a, s in seconds.items():
         print(f"  {a:26s} {n / s:7.1f} images/s   step time / none = {s / none:.3f} ({100 * (s / none - 1):+.1f}%)")
     # The bank is computed once per build, before the first epoch: spread over a 60-minute build.
@@ -98,12 +106,15 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=15)
     ap.add_argument("--skip-build", action="store_true", help="score an existing OUT/sub.zip")
     ap.add_argument("--skip-aug", action="store_true")
+    ap.add_argument("--aug-only", action="store_true", help="only the augmentation-cost measurement")
     args = ap.parse_args()
     if not args.data.exists():
         sys.exit(f"no data at {args.data}")
     args.out.mkdir(parents=True, exist_ok=True)
     if not args.skip_aug:
         augmentation_cost(args.data, args.rounds, args.steps)
+    if args.aug_only:
+        return
     cli = [sys.executable, "-m", "subbench.cli"]
     zip_path = args.out / "sub.zip"
     if not args.skip_build:

@@ -19,14 +19,13 @@ from subbench.keras_compat import KeyTable, find_problems, iter_objects, strip_f
 from .models import TRAINING_STANDINS
 
 
-def _inference_copy(model):
+def _inference_copy(model, config: dict):
     """The same architecture and weights, uncompiled (no optimizer or loss in the file: the server loads
     with compile=False, and training-side classes such as schedules need not exist there), with every dtype
     policy float32 (mixed-precision training keeps float32 master weights) and every training-time stand-in
-    layer as its Keras parent class."""
+    layer as its Keras parent class. `config`: the model's serialized config (a JSON copy; edited here)."""
     import keras
 
-    config = json.loads(json.dumps(keras.saving.serialize_keras_object(model)))
     config.pop("compile_config", None)
     for node in iter_objects(config):
         obj = node.obj
@@ -59,7 +58,7 @@ def export_model(model, dest: Path, table: KeyTable) -> dict:
     notes = {"float32_from_mixed": mixed, "dropped_keys": []}
     standins = any(node.obj["class_name"] in TRAINING_STANDINS for node in iter_objects(config))
     if mixed or standins or getattr(model, "optimizer", None) is not None:
-        model = _inference_copy(model)
+        model = _inference_copy(model, config)
     raw = dest.with_name(dest.name + ".raw.keras")
     try:
         model.save(raw)

@@ -35,12 +35,17 @@ def light_batch(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     rot = rng.integers(0, 4, b) if h == w else 2 * rng.integers(0, 2, b)
     flip = rng.random(b) < 0.5
     dy, dx = rng.integers(0, 2 * MAX_SHIFT + 1, (2, b))
-    padded = np.pad(images, ((0, 0), (MAX_SHIFT, MAX_SHIFT), (MAX_SHIFT, MAX_SHIFT), (0, 0)), mode="reflect")
-    out = np.empty_like(images)
+    # Each pixel as one 3-byte void element: numpy copies a rotated or flipped view of (H, W, 3) uint8 through an
+    # inner loop of 3, one pixel's channels at a time; of (H, W) void pixels, whole pixels. 0.125 vs 0.20 ms an
+    # image for this function at batch 64 (same bytes out).
+    pixel = np.dtype((np.void, images.shape[3] * images.dtype.itemsize))
+    pixels = np.ascontiguousarray(images).view(pixel)[..., 0]
+    padded = np.pad(pixels, ((0, 0), (MAX_SHIFT, MAX_SHIFT), (MAX_SHIFT, MAX_SHIFT)), mode="reflect")
+    out = np.empty((b, h, w), pixel)
     for i in range(b):   # numpy views: one copy per image, no per-op dispatch (see the module docstring)
         view = np.rot90(padded[i, dy[i]:dy[i] + h, dx[i]:dx[i] + w], rot[i])
         out[i] = view[:, ::-1] if flip[i] else view
-    return out
+    return out.view(images.dtype).reshape(images.shape)
 
 
 NOISE_POOL = 256          # fixed noise fields the heavy preset draws from, one per image

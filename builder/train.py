@@ -44,6 +44,7 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)   # one row per epoch: phase, epoch, metrics, lr, seconds
     best_epochs: dict = field(default_factory=dict)     # phase -> best epoch (1-based)
     val_accuracy: float | None = None
+    compute_policy: str = "float32"                     # the Keras dtype policy it trained under
 
 
 def plan_phases(recipe: Recipe, epochs: int | None = None, early_stopping: bool = True) -> list[Phase]:
@@ -197,13 +198,13 @@ def train(recipe: Recipe, images: np.ndarray, labels: np.ndarray, val_images: np
         state = {"recipe": recipe.to_dict(), "phases": {}, "done": []}
         for stale in ("log.jsonl", "log.csv"):
             (build_dir / stale).unlink(missing_ok=True)
+    policy = "float32"
     if recipe.mixed_precision:
-        import tensorflow as tf
+        from .precision import mixed_precision_policy
 
-        if not tf.config.list_physical_devices("GPU"):
-            echo("warning: --mixed-precision without a GPU is slow (float16 is emulated on CPUs); it is meant "
-                 "for GPUs")
-        keras.mixed_precision.set_global_policy("mixed_float16")
+        policy, why = mixed_precision_policy()
+        echo(f"mixed precision: {why}")
+        keras.mixed_precision.set_global_policy(policy)
     try:
         strategy = make_strategy(recipe.strategy, cpu_devices)
         echo(f"strategy: {type(strategy).__name__}, {strategy.num_replicas_in_sync} replicas")
@@ -291,9 +292,9 @@ def train(recipe: Recipe, images: np.ndarray, labels: np.ndarray, val_images: np
         val_acc = None
         if val_ds is not None:
             val_acc = float(built.model.evaluate(val_ds, verbose=0, return_dict=True)["accuracy"])
-        return TrainResult(built, history, best_epochs, val_acc)
+        return TrainResult(built, history, best_epochs, val_acc, policy)
     finally:
-        if recipe.mixed_precision:
+        if policy != "float32":
             keras.mixed_precision.set_global_policy("float32")
 
 

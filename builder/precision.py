@@ -1,0 +1,54 @@
+"""Which reduced-precision Keras policy `--mixed-precision` trains with on this machine.
+
+float16 on a GPU; bfloat16 on a CPU whose oneDNN kernels run it natively (Intel AMX or AVX-512 BF16): there the
+cpu recipe's custom_cnn trains ~2x the images a second of float32 (2-core Sapphire Rapids, fused BatchNorm,
+bench/bench_custom_cnn.py, precision variants); float16 on a CPU is emulated and slower than float32, and
+bfloat16 without those instructions too. Elsewhere the build trains in float32 and says why.
+Master weights stay float32 under both policies, and export writes a float32 model (builder/export.py).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+# /proc/cpuinfo flags of the instructions oneDNN uses for bfloat16 convolutions and matrix products
+CPU_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
+
+
+def cpu_bf16_flags(cpuinfo: str | None = None) -> list[str]:
+    """The bfloat16 instruction sets the CPU announces (Linux /proc/cpuinfo; [] where it cannot be read)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text(errors="replace")
+        except OSError:
+            return []
+    flags: set[str] = set()
+    for line in cpuinfo.splitlines():
+        if line.startswith("flags"):
+            flags.update(line.partition(":")[2].split())
+    return [f for f in CPU_BF16_FLAGS if f in flags]
+
+
+def onednn_enabled() -> bool:
+    """TensorFlow's x86 Linux builds use oneDNN unless TF_ENABLE_ONEDNN_OPTS=0 turns it off."""
+    return os.environ.get("TF_ENABLE_ONEDNN_OPTS", "1").strip() not in ("0", "false", "False")
+
+
+def choose_policy(has_gpu: bool, cpu_flags: list[str], onednn: bool = True) -> tuple[str, str]:
+    """(policy name, one-line reason) for a build that asked for mixed precision."""
+    if has_gpu:
+        return "mixed_float16", "float16 compute on the GPU"
+    if cpu_flags and onednn:
+        return "mixed_bfloat16", f"bfloat16 compute on the CPU ({', '.join(cpu_flags)})"
+    if cpu_flags:
+        return "float32", "float32: the CPU has bfloat16 instructions but TF_ENABLE_ONEDNN_OPTS=0 disables oneDNN"
+    return "float32", ("float32: no GPU and no bfloat16 instructions on this CPU (AMX or AVX-512 BF16); "
+                       "reduced precision would be emulated, slower than float32")
+
+
+def mixed_precision_policy() -> tuple[str, str]:
+    """choose_policy for this machine (imports TensorFlow to list GPUs)."""
+    import tensorflow as tf
+
+    return choose_policy(bool(tf.config.list_physical_devices("GPU")), cpu_bf16_flags(), onednn_enabled())

@@ -1,0 +1,66 @@
+"""--mixed-precision's policy choice (builder/precision.py) and the bfloat16 training path it picks on CPUs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from subbench.builder.precision import choose_policy, cpu_bf16_flags
+
+SAPPHIRE_RAPIDS = """processor\t: 0
+flags\t\t: fpu vme sse sse2 avx avx2 avx512f avx512bw avx_vnni avx512_bf16 amx_bf16 amx_tile amx_int8
+processor\t: 1
+flags\t\t: fpu vme sse sse2 avx avx2 avx512f avx512bw avx_vnni avx512_bf16 amx_bf16 amx_tile amx_int8
+"""
+SKYLAKE = "processor\t: 0\nflags\t\t: fpu sse sse2 avx avx2 avx512f avx512bw avx512vl\n"
+
+
+def test_cpu_bf16_flags_read_from_cpuinfo():
+    assert cpu_bf16_flags(SAPPHIRE_RAPIDS) == ["amx_bf16", "avx512_bf16"]
+    assert cpu_bf16_flags(SKYLAKE) == []
+    assert cpu_bf16_flags("") == []
+    # "amx_bf16" must be a whole flag, not a substring of another one
+    assert cpu_bf16_flags("flags\t: amx_bf16x avx512_bf16_extra\n") == []
+
+
+def test_policy_float16_on_gpu_bfloat16_on_a_bf16_cpu_float32_elsewhere():
+    assert choose_policy(True, [])[0] == "mixed_float16"
+    assert choose_policy(True, ["amx_bf16"])[0] == "mixed_float16"
+    policy, why = choose_policy(False, ["amx_bf16", "avx512_bf16"])
+    assert policy == "mixed_bfloat16" and "amx_bf16" in why
+    policy, why = choose_policy(False, [])
+    assert policy == "float32" and "emulated" in why
+    policy, why = choose_policy(False, ["avx512_bf16"], onednn=False)
+    assert policy == "float32" and "TF_ENABLE_ONEDNN_OPTS" in why
+
+
+keras = pytest.importorskip("keras")
+
+
+@pytest.fixture
+def bfloat16_policy():
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
+def test_fused_batchnorm_under_bfloat16_matches_keras_batchnorm(bfloat16_policy):
+    """The fused kernel takes bfloat16 activations with float32 scale/offset; outputs agree with the Keras layer
+    to bfloat16's precision, and the moving statistics stay float32 and move the same way."""
+    from subbench.builder.models import fused_batch_normalization
+
+    x = np.random.default_rng(0).normal(3.0, 2.0, (16, 8, 8, 24)).astype("float32")
+    fused = fused_batch_normalization(momentum=0.9)
+    plain = keras.layers.BatchNormalization(momentum=0.9)
+    for layer in (fused, plain):
+        layer.build(x.shape)
+    outs = [np.asarray(layer(x, training=True), np.float32) for layer in (fused, plain)]
+    assert str(outs[0].dtype) == "float32" and fused.compute_dtype == "bfloat16"
+    assert abs(outs[0].mean()) < 0.05 and abs(outs[0].std() - 1) < 0.05     # normalised, not passed through
+    np.testing.assert_allclose(outs[0], outs[1], atol=0.05)                 # bfloat16 has 8 bits of mantissa
+    assert fused.moving_mean.dtype == "float32" and fused.moving_variance.dtype == "float32"
+    np.testing.assert_allclose(fused.moving_mean.numpy(), plain.moving_mean.numpy(), rtol=0.02, atol=0.02)
+    np.testing.assert_allclose(fused.moving_variance.numpy(), plain.moving_variance.numpy(), rtol=0.03)
+    assert np.all(fused.moving_mean.numpy() > 0.2)                          # 0.1 * ~3 of the data's mean
