@@ -27,7 +27,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 def augmentation_cost(data: Path, rounds: int, steps: int) -> None:
     """Training throughput of the cpu recipe's model fed by the recipe's heavy pipeline (bank of K copies), by
-    heavy corrupting every batch anew, and by no augmentation: alternating rounds after warm-up."""
+    heavy corrupting every batch anew, and by no augmentation; and, when the recipe trains in reduced precision,
+    a float32 copy of the model fed by the bank: alternating rounds after warm-up."""
+    import keras
     import numpy as np
 
     from subbench.builder.models import build_model
@@ -47,41 +49,50 @@ def augmentation_cost(data: Path, rounds: int, steps: int) -> None:
     bank_s_per_image_copy = (time.perf_counter() - t0) / (len(x) * recipe.heavy_bank)
     policy = "float32"
     if recipe.mixed_precision:  # the recipe's compute precision: a faster model leaves augmentation a larger share
-        import keras
-
         from subbench.builder.precision import mixed_precision_policy
 
         policy = mixed_precision_policy()[0]
-        keras.mixed_precision.set_global_policy(policy)
-    built = build_model(recipe.backbone, input_size=recipe.input_size)
-    built.model.compile(optimizer="adamw", loss="categorical_crossentropy", jit_compile=False)
+
+    def compiled(dtype_policy: str):
+        keras.mixed_precision.set_global_policy(dtype_policy)
+        try:
+            m = build_model(recipe.backbone, input_size=recipe.input_size).model
+            m.compile(optimizer="adamw", loss="categorical_crossentropy", jit_compile=False)
+            return m
+        finally:
+            keras.mixed_precision.set_global_policy("float32")
+
+    model = compiled(policy)
+    bank_key = f"heavy, bank of {recipe.heavy_bank}"
     feeds = {"none": make_dataset(x, y, batch_size=batch, augment="none", seed=1),
-             f"heavy, bank of {recipe.heavy_bank}": make_dataset(x, y, batch_size=batch, augment="heavy", seed=1,
-                                                                 bank=bank),
+             bank_key: make_dataset(x, y, batch_size=batch, augment="heavy", seed=1, bank=bank),
              "heavy, every batch anew": make_dataset(x, y, batch_size=batch, augment="heavy", seed=1)}
-    iters = {a: iter(f.repeat()) for a, f in feeds.items()}
-    for a in iters:  # warm-up: tracing, pipeline start
+    runs = {a: (model, iter(f.repeat())) for a, f in feeds.items()}
+    if policy != "float32":   # what the recipe's precision buys, the same pipeline feeding a float32 model
+        runs[f"{bank_key}, float32 model"] = (compiled("float32"), iter(make_dataset(
+            x, y, batch_size=batch, augment="heavy", seed=1, bank=bank).repeat()))
+    for m, it in runs.values():  # warm-up: tracing, pipeline start
         for _ in range(3):
-            built.model.train_on_batch(*next(iters[a]))
-    seconds = dict.fromkeys(iters, 0.0)
-    order = list(iters)
+            m.train_on_batch(*next(it))
+    seconds = dict.fromkeys(runs, 0.0)
+    order = list(runs)
     for r in range(rounds):
         for a in (order if r % 2 == 0 else order[::-1]):
+            m, it = runs[a]
             t0 = time.perf_counter()
             for _ in range(steps):
-                built.model.train_on_batch(*next(iters[a]))
+                m.train_on_batch(*next(it))
             seconds[a] += time.perf_counter() - t0
     n = rounds * steps * batch
     none = seconds["none"]
     print(f"augmentation cost ({rounds} alternating rounds x {steps} steps x batch {batch}, {recipe.backbone} at "
-          f"{recipe.input_size or 96} px, {policy}, the cpu recipe's model):")
+          f"{recipe.input_size or 96} px, {policy} unless said, the cpu recipe's model):")
     for a, s in seconds.items():
-        print(f"  {a:26s} {n / s:7.1f} images/s   step time / none = {s / none:.3f} ({100 * (s / none - 1):+.1f}%)")
+        print(f"  {a:38s} {n / s:7.1f} images/s   step time / none = {s / none:.3f} ({100 * (s / none - 1):+.1f}%)")
     # The bank is computed once per build, before the first epoch: spread over a 60-minute build.
     n_train = int(0.9 * len(ds))
     bank_s = bank_s_per_image_copy * n_train * recipe.heavy_bank
     budget = (recipe.max_train_minutes or 60) * 60
-    bank_key = f"heavy, bank of {recipe.heavy_bank}"
     ratio = seconds[bank_key] / none
     # time per trained image over the whole budget, bank included, relative to no augmentation
     total = ratio * budget / (budget - bank_s)
@@ -89,6 +100,9 @@ def augmentation_cost(data: Path, rounds: int, steps: int) -> None:
           f"({1e3 * bank_s_per_image_copy:.2f} ms an image and copy) of the {budget / 60:.0f}-minute budget")
     print(f"  heavy (bank) costs {100 * (ratio - 1):+.1f}% of step time; with the bank's own time, "
           f"{100 * (total - 1):+.1f}% time per trained image (goal <= 10%)")
+    if f"{bank_key}, float32 model" in seconds:
+        print(f"  {policy} trains {seconds[f'{bank_key}, float32 model'] / seconds[bank_key]:.2f}x the images a "
+              f"second of float32 through the recipe's pipeline")
 
 
 def run(cmd: list[str]) -> tuple[int, float, str]:
