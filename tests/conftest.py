@@ -47,6 +47,18 @@ def tiny_keras_file(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.fixture
+def keras_policy():
+    """keras_policy("mixed_float16") sets Keras' global dtype policy for the test; float32 comes back after it
+    (the policy is process-wide: a test that left it set would change every later model on the worker)."""
+    import keras
+
+    try:
+        yield keras.mixed_precision.set_global_policy
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
 def write_zip(path: Path, files: dict[str, bytes | str]) -> Path:
     with zipfile.ZipFile(path, "w") as zf:
         for name, data in files.items():

@@ -161,17 +161,14 @@ def test_schedules():
             bad()
 
 
-def test_mixed_precision_training_step_with_each_optimizer():
-    keras.mixed_precision.set_global_policy("mixed_float16")
-    try:
-        x = np.random.default_rng(0).normal(size=(16, 4)).astype("float32")
-        y = np.eye(3, dtype="float32")[np.random.default_rng(1).integers(0, 3, 16)]
-        for name in OPTIMIZERS:
-            model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8, activation="relu"),
-                                      keras.layers.Dense(3, activation="softmax", dtype="float32")])
-            model.compile(make_optimizer(name, 1e-3), loss=focal_loss(), run_eagerly=True)
-            assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
-            loss = model.fit(x, y, epochs=1, batch_size=16, verbose=0).history["loss"][0]
-            assert np.isfinite(loss)
-    finally:
-        keras.mixed_precision.set_global_policy("float32")
+def test_mixed_precision_training_step_with_each_optimizer(keras_policy):
+    keras_policy("mixed_float16")
+    x = np.random.default_rng(0).normal(size=(16, 4)).astype("float32")
+    y = np.eye(3, dtype="float32")[np.random.default_rng(1).integers(0, 3, 16)]
+    for name in OPTIMIZERS:
+        model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8, activation="relu"),
+                                  keras.layers.Dense(3, activation="softmax", dtype="float32")])
+        model.compile(make_optimizer(name, 1e-3), loss=focal_loss(), run_eagerly=True)
+        assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+        loss = model.fit(x, y, epochs=1, batch_size=16, verbose=0).history["loss"][0]
+        assert np.isfinite(loss)

@@ -59,15 +59,6 @@ def one_hot(n: int, k: int = 8, seed: int = 0) -> np.ndarray:
     return np.eye(k, dtype="float32")[np.random.default_rng(seed).integers(0, k, n)]
 
 
-@pytest.fixture
-def mixed_precision():
-    keras.mixed_precision.set_global_policy("mixed_float16")
-    try:
-        yield
-    finally:
-        keras.mixed_precision.set_global_policy("float32")
-
-
 # ------------------------------------------------------------------------------------------------ registry
 
 def test_registry_has_every_name_of_the_issue_and_nothing_else():
@@ -241,7 +232,8 @@ def test_heads_are_built_as_configured():
                                                                  batchnorm=True, dropout=0.2, l2=1e-4)),
                                        ("vgg16", HeadConfig(dense_units=(32,), batchnorm=True, dropout=0.2)),
                                        pytest.param("convnext_tiny", HeadConfig(), marks=pytest.mark.slow)])
-def test_model_ships_clean_float32_under_mixed_precision_and_reloads(name, head, mixed_precision, tmp_path):
+def test_model_ships_clean_float32_under_mixed_precision_and_reloads(name, head, keras_policy, tmp_path):
+    keras_policy("mixed_float16")
     built = build_model(name, head=head, input_size=112 if name == "custom_cnn" else None)
     assert keras.mixed_precision.global_policy().name == "mixed_float16"
     assert built.model.get_layer("predictions").dtype_policy.name == "float32"

@@ -37,20 +37,12 @@ def test_policy_float16_on_gpu_bfloat16_on_a_bf16_cpu_float32_elsewhere():
 keras = pytest.importorskip("keras")
 
 
-@pytest.fixture
-def bfloat16_policy():
-    keras.mixed_precision.set_global_policy("mixed_bfloat16")
-    try:
-        yield
-    finally:
-        keras.mixed_precision.set_global_policy("float32")
-
-
-def test_fused_batchnorm_under_bfloat16_matches_keras_batchnorm(bfloat16_policy):
+def test_fused_batchnorm_under_bfloat16_matches_keras_batchnorm(keras_policy):
     """The fused kernel takes bfloat16 activations with float32 scale/offset; outputs agree with the Keras layer
     to bfloat16's precision, and the moving statistics stay float32 and move the same way."""
     from subbench.builder.models import fused_batch_normalization
 
+    keras_policy("mixed_bfloat16")
     x = np.random.default_rng(0).normal(3.0, 2.0, (16, 8, 8, 24)).astype("float32")
     fused = fused_batch_normalization(momentum=0.9)
     plain = keras.layers.BatchNormalization(momentum=0.9)
