@@ -79,6 +79,9 @@ def test_a_bad_recipe_value_is_one_named_error_on_the_command_line(tmp_path, tin
     res = run_cli("build", "--recipe", "cpu", "--heavy-bank", "-2", "--data", str(tiny_npz), "-o",
                   str(tmp_path / "sub.zip"))
     assert res.returncode != 0 and "heavy_bank = -2" in res.stderr and "Traceback" not in res.stderr
+    res = run_cli("build", "--recipe", "cpu", "--weight-decay", "-0.1", "--data", str(tiny_npz), "-o",
+                  str(tmp_path / "sub.zip"))
+    assert res.returncode != 0 and "weight_decay = -0.1" in res.stderr and "Traceback" not in res.stderr
 
 
 def test_build_trains_packages_and_records_the_split(tiny_npz, tmp_path):
@@ -113,11 +116,12 @@ def test_cpu_recipe_builds_with_its_heavy_bank_at_64_px(tiny_npz, tmp_path):
     model that takes the profile's 96 px, a zip that passes check."""
     out = tmp_path / "sub.zip"
     res = run_cli("build", "--recipe", "cpu", "--data", str(tiny_npz), "--epochs", "1", "--batch-size", "16",
-                  "--heavy-bank", "2", "--tta", "none", "-o", str(out))
+                  "--heavy-bank", "2", "--weight-decay", "0.02", "--tta", "none", "-o", str(out))
     assert res.returncode == 0, res.stdout + res.stderr
     assert "heavy augmentation: 2 corrupted copies of the training set" in res.stdout
     recipe = _manifest(out)["training"]["recipe"]
     assert (recipe["augment"], recipe["heavy_bank"], recipe["input_size"]) == ("heavy", 2, 64)
+    assert recipe["weight_decay"] == 0.02 and recipe["learning_rate"] == 3e-3   # flag over recipe, rest kept
     assert check_zip(out, PROFILE).ok
 
 

@@ -31,6 +31,8 @@ TRAINING_OPTIONS = [
     click.option("--label-smoothing", type=float, default=None),
     click.option("--optimizer", type=click.Choice(["adamw", "lion", "nadam", "sgd"]), default=None),
     click.option("--lr", "learning_rate", type=float, default=None, help="Initial learning rate."),
+    click.option("--weight-decay", type=float, default=None,
+                 help="Decoupled weight decay: Keras applies w -= lr * wd * w each step (not to biases or norms)."),
     click.option("--schedule", type=click.Choice(["plateau", "cosine", "constant"]), default=None),
     click.option("--epochs", type=int, default=None),
     click.option("--batch-size", type=int, default=None),
