@@ -69,14 +69,10 @@ def test_non_default_key_the_server_lacks_is_a_named_error(tmp_path):
     assert not (tmp_path / "sub.zip").exists()
 
 
-def test_mixed_precision_model_exports_float32(tmp_path):
-    import keras
-
-    keras.mixed_precision.set_global_policy("mixed_float16")
-    try:
-        model = tiny_model()
-    finally:
-        keras.mixed_precision.set_global_policy("float32")
+def test_mixed_precision_model_exports_float32(tmp_path, keras_policy):
+    keras_policy("mixed_float16")
+    model = tiny_model()
+    keras_policy("float32")                       # only the model is built under the mixed policy
     res = package_models([model], tmp_path / "sub.zip", PROFILE, echo=lambda *_: None)
     assert res.manifest["models"][0]["float32_from_mixed"] is True
     with zipfile.ZipFile(tmp_path / "sub.zip") as zf:

@@ -163,14 +163,10 @@ def test_unexported_model_has_keys_the_server_rejects(tmp_path):
     assert {"renorm", "quantization_config"} <= keys
 
 
-def test_mixed_precision_policy_is_named(tmp_path):
-    import keras
-
-    keras.mixed_precision.set_global_policy("mixed_float16")
-    try:
-        model = tiny_model()
-    finally:
-        keras.mixed_precision.set_global_policy("float32")
+def test_mixed_precision_policy_is_named(tmp_path, keras_policy):
+    keras_policy("mixed_float16")
+    model = tiny_model()
+    keras_policy("float32")                       # only the model is built under the mixed policy
     z = _model_zip(tmp_path, "mixed", model)
     assert "MixedPrecisionPolicy" in failures(check_zip(z, PROFILE, live=False))
 
