@@ -106,6 +106,7 @@ CHOICES = {
     "augment": ("none", "light", "heavy"), "strategy": ("auto", "mirrored", "multiworker", "none"),
     "tta": ("none", "flips", "d4", "auto"),
 }
+BOOLS = tuple(f.name for f in dataclasses.fields(Recipe) if f.type in (bool, "bool"))
 # (type, lowest allowed, highest allowed or None, the lowest bound excluded?)
 RANGES = {
     "epochs": (int, 1, None, False), "batch_size": (int, 1, None, False), "patience": (int, 0, None, False),
@@ -128,6 +129,10 @@ def check_values(recipe: Recipe, where: str = "recipe") -> Recipe:
         if value not in allowed:
             raise RecipeError(f"{where}: {name} = {value!r} is not one of {list(allowed)}",
                               f"set {name} to one of {', '.join(allowed)}")
+    for name in BOOLS:
+        value = getattr(recipe, name)
+        if not isinstance(value, bool):
+            raise RecipeError(f"{where}: {name} = {value!r} is not true or false", f"set {name} = true or false")
     for name, (kind, low, high, open_low) in RANGES.items():
         value = getattr(recipe, name)
         if value is None:

@@ -62,7 +62,9 @@ def test_bad_recipe(tmp_path):
                                          ("[train]\nepochs = 2.5", "epochs = 2.5 is not an integer"),
                                          ("[train]\nheavy_bank = -1", "heavy_bank = -1"),
                                          ("[optimizer]\nlearning_rate = 0", "learning_rate = 0 is not a number above"),
-                                         ("[loss]\nlabel_smoothing = 'yes'", "label_smoothing = 'yes'")])
+                                         ("[loss]\nlabel_smoothing = 'yes'", "label_smoothing = 'yes'"),
+                                         ("[head]\nhead_batchnorm = 1", "head_batchnorm = 1 is not true or false"),
+                                         ("[train]\nmixed_precision = 'yes'", "mixed_precision = 'yes' is not")])
 def test_recipe_values_are_checked_when_read(tmp_path, line, named):
     (tmp_path / "r.toml").write_text(line + "\n")
     with pytest.raises(RecipeError, match=named):
