@@ -6,7 +6,8 @@ Prints, from one run:
   2. the build: `subbench build --recipe cpu` on ../shared/data/pbc96 (wall time; the recipe stops training
      at 60 minutes);
   3. the score: accuracy on the held-out split corrupted like the hidden set (goal >= 0.90), clean accuracy,
-     the bootstrap interval, the time projection.
+     the bootstrap interval, the time projection;
+  4. the errors by an2dl op: accuracy on the images that drew each op against the rest (errors_by_op).
 
     python bench/bench_cpu_recipe.py [--data ../shared/data/pbc96] [--out /tmp/bench-cpu] [--skip-build]
 """
@@ -152,6 +153,43 @@ def main() -> None:
                      indent=1, default=str)[:4000])
     acc = scores.get("accuracy")
     print(f"simulated-hidden accuracy {acc} (goal >= 0.90)")
+    if scores.get("status") == "ok" and (scores.get("scored_on") or {}).get("simulate_hidden") == "an2dl":
+        errors_by_op(zip_path, args.data, args.out / "result", scores["scored_on"]["seed"])
+
+
+def errors_by_op(zip_path: Path, data: Path, result: Path, seed: int) -> None:
+    """Accuracy on the scored images with and without each op the an2dl preset drew for them (the preset's
+    draws are a function of the seed and the image's position alone, so they are redrawn here): which
+    corruptions cost the most. Share of errors = errors among the images with the op / all errors (an image
+    draws several ops, so the shares add up to more than 100%)."""
+    import numpy as np
+
+    sys.path.insert(0, str(REPO))
+    from local_bench.evaluate import ScoreOptions, select_images
+    from subbench.corrupt import an2dl
+    from subbench.manifest import read_manifest
+    from subbench.profile import load_profile
+
+    _, labels, _, _ = select_images(str(data), load_profile(), read_manifest(zip_path), ScoreOptions(),
+                                    echo=lambda _: None)
+    ok = np.load(result / "predictions.npy") == labels
+    d = an2dl.draw(len(ok), seed)
+    rand_augment = np.where(d.ra_u > an2dl.RA_RATE, -1, d.ra_op)          # (N, slots): -1 = slot skipped
+    aug_mix = np.zeros((len(ok), len(an2dl.AUGMIX_OPS)), bool)
+    for c in range(an2dl.NUM_CHAINS):
+        for level in range(an2dl.MAX_DEPTH):
+            active = np.flatnonzero(d.depth[:, c] > level)
+            aug_mix[active, d.op[active, c, level]] = True
+    errors = max(1, int((~ok).sum()))
+    print(f"errors by an2dl op ({len(ok)} images, {int((~ok).sum())} errors): images with the op, accuracy with "
+          f"/ without it, share of all errors")
+    for stage, ops, has_op in (("RandAugment", an2dl.RANDAUGMENT_OPS, lambda k: (rand_augment == k).any(1)),
+                               ("AugMix", an2dl.AUGMIX_OPS, lambda k: aug_mix[:, k])):
+        for k, name in enumerate(ops):
+            has = has_op(k)
+            if has.any() and (~has).any():
+                print(f"  {stage:11s} {name:14s} {int(has.sum()):5d}  {ok[has].mean():.3f} / {ok[~has].mean():.3f}"
+                      f"  {100 * (~ok[has]).sum() / errors:4.0f}%")
 
 
 if __name__ == "__main__":
