@@ -27,7 +27,7 @@ class RecipeError(SubbenchError):
 
 # TOML table -> the fields it may hold (names are the dataclass fields below).
 SECTIONS = {
-    "model": ("backbone", "weights", "input_size"),
+    "model": ("backbone", "weights", "input_size", "edge_channels"),
     "head": ("head", "head_dense", "head_batchnorm", "head_dropout", "head_l2"),
     "loss": ("loss", "label_smoothing", "focal_gamma", "focal_alpha", "balance"),
     "optimizer": ("optimizer", "learning_rate", "weight_decay", "schedule"),
@@ -47,6 +47,7 @@ class Recipe:
     backbone: str = "custom_cnn"
     weights: str = "none"             # none | imagenet | PATH
     input_size: int | None = None     # resize inside the model (e.g. 224 for backbones that want it)
+    edge_channels: bool = False       # custom_cnn: also feed the Sobel gradient magnitudes (solarize-robust)
     # [head]
     head: str = "gap"                 # gap | inception (seed 000)
     head_dense: tuple[int, ...] = ()

@@ -158,6 +158,37 @@ def test_standardize_cancels_brightness_and_contrast():
                                atol=1e-3)
 
 
+def _standardized(v: np.ndarray) -> np.ndarray:   # LayerNormalization over (H, W, C), epsilon 1 grey level squared
+    return (v - v.mean(axis=(1, 2, 3), keepdims=True)) / np.sqrt(v.var(axis=(1, 2, 3), keepdims=True) + 1.0)
+
+
+def test_edge_channels_are_sobel_magnitudes_that_ignore_brightness_and_inversion():
+    """Channels 4-9: |Sobel x| and |Sobel y| of R, G, B ('valid' at 96 px), standardised, resized to 64 like
+    channels 1-3 (the standardised image). Adding a brightness or inverting the image leaves them as they were."""
+    built = build_model("custom_cnn", input_size=64, edge_channels=True)
+    assert built.model.input_shape == (None, 96, 96, 3) and built.backbone.input_shape == (None, 64, 64, 9)
+    assert built.model.output_shape == (None, 8)
+    assert all(not layer.trainable for layer in built.preprocess_layers)
+    x = np.round(images(3) * 0.7)                       # 0..178: +60 stays inside 0..255
+    got = np.asarray(built.preprocess(x))
+    resize = keras.layers.Resizing(64, 64, interpolation="bilinear")
+    np.testing.assert_allclose(got[..., :3], np.asarray(resize(_standardized(x))), atol=1e-4)
+    sx = np.array([[-1, 0, 1], [-2, 0, 2], [-1, 0, 1]], "float32")
+    gx = sum(sx[i, j] * x[:, i:i + 94, j:j + 94] for i in range(3) for j in range(3))
+    gy = sum(sx.T[i, j] * x[:, i:i + 94, j:j + 94] for i in range(3) for j in range(3))
+    edges = np.stack([np.abs(gx), np.abs(gy)], axis=-1).reshape(3, 94, 94, 6)   # channel c*2 + (x, y)
+    np.testing.assert_allclose(got[..., 3:], np.asarray(resize(_standardized(edges))), atol=1e-4)
+    for changed in (x + 60.0, 255.0 - x):
+        other = np.asarray(built.preprocess(changed))
+        np.testing.assert_allclose(other[..., 3:], got[..., 3:], atol=1e-4)
+    assert np.abs(np.asarray(built.preprocess(255.0 - x))[..., :3] - got[..., :3]).max() > 1.0
+
+
+def test_edge_channels_need_a_standardised_backbone():
+    with pytest.raises(ModelConfigError, match="edge_channels needs a backbone with per-image standardisation"):
+        build_model("mobilenetv3_small", edge_channels=True)
+
+
 def _leading_preprocessing(backbone, x):
     """Apply the backbone's own Rescaling/Normalization layers that come before its first conv."""
     y = x
@@ -479,6 +510,10 @@ def test_one_model_per_family_loads_on_the_server_keras(tmp_path):
         export_model(built.model, tmp_path / f"{name}.keras", table)
         np.save(tmp_path / f"{name}.npy", built.model.predict(x, verbose=0))
         keras.backend.clear_session()
+    # the cpu recipe's input (96 px resized to 64 inside) with the edge channels: a frozen Sobel DepthwiseConv2D
+    built = build_model("custom_cnn", input_size=64, edge_channels=True)
+    export_model(built.model, tmp_path / "custom_cnn_edges.keras", table)
+    np.save(tmp_path / "custom_cnn_edges.npy", built.model.predict(x, verbose=0))
     script = ("import sys, glob, numpy as np, keras\n"
               "x = np.load(sys.argv[1] + '/x.npy')\n"
               "for f in sorted(glob.glob(sys.argv[1] + '/*.keras')):\n"
@@ -487,6 +522,6 @@ def test_one_model_per_family_loads_on_the_server_keras(tmp_path):
     res = subprocess.run([python, "-c", script, str(tmp_path)], capture_output=True, text=True, timeout=900)
     assert res.returncode == 0, res.stderr[-3000:]
     lines = [line.split() for line in res.stdout.splitlines() if ".keras" in line]
-    assert len(lines) == len(SMALLEST)
+    assert len(lines) == len(SMALLEST) + 1
     for fname, diff, dtype in lines:
         assert float(diff) < 1e-4 and dtype == "float32", (fname, diff, dtype)

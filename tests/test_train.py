@@ -64,7 +64,8 @@ def test_bad_recipe(tmp_path):
                                          ("[optimizer]\nlearning_rate = 0", "learning_rate = 0 is not a number above"),
                                          ("[loss]\nlabel_smoothing = 'yes'", "label_smoothing = 'yes'"),
                                          ("[head]\nhead_batchnorm = 1", "head_batchnorm = 1 is not true or false"),
-                                         ("[train]\nmixed_precision = 'yes'", "mixed_precision = 'yes' is not")])
+                                         ("[train]\nmixed_precision = 'yes'", "mixed_precision = 'yes' is not"),
+                                         ("[model]\nedge_channels = 'on'", "edge_channels = 'on' is not true")])
 def test_recipe_values_are_checked_when_read(tmp_path, line, named):
     (tmp_path / "r.toml").write_text(line + "\n")
     with pytest.raises(RecipeError, match=named):
@@ -118,12 +119,13 @@ def test_cpu_recipe_builds_with_its_heavy_bank_at_64_px(tiny_npz, tmp_path):
     model that takes the profile's 96 px, a zip that passes check."""
     out = tmp_path / "sub.zip"
     res = run_cli("build", "--recipe", "cpu", "--data", str(tiny_npz), "--epochs", "1", "--batch-size", "16",
-                  "--heavy-bank", "2", "--weight-decay", "0.02", "--tta", "none", "-o", str(out))
+                  "--heavy-bank", "2", "--weight-decay", "0.02", "--edge-channels", "--tta", "none", "-o", str(out))
     assert res.returncode == 0, res.stdout + res.stderr
     assert "heavy augmentation: 2 corrupted copies of the training set" in res.stdout
     recipe = _manifest(out)["training"]["recipe"]
     assert (recipe["augment"], recipe["heavy_bank"], recipe["input_size"]) == ("heavy", 2, 64)
     assert recipe["weight_decay"] == 0.02 and recipe["learning_rate"] == 3e-3   # flag over recipe, rest kept
+    assert recipe["edge_channels"] is True
     assert check_zip(out, PROFILE).ok
 
 

@@ -26,6 +26,8 @@ def _weights(text):
 TRAINING_OPTIONS = [
     click.option("--weights", default=None, metavar="imagenet|none|PATH", help="Backbone start weights."),
     click.option("--input-size", type=int, default=None, help="Resize inside the model (backbones wanting more px)."),
+    click.option("--edge-channels/--no-edge-channels", default=None,
+                 help="custom_cnn: also feed the image's Sobel gradient magnitudes (robust to solarize)."),
     click.option("--head", type=click.Choice(["gap", "inception"]), default=None, help="Classification head."),
     click.option("--loss", type=click.Choice(["crossentropy", "focal"]), default=None),
     click.option("--label-smoothing", type=float, default=None),
