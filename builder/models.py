@@ -286,8 +286,7 @@ def _edge_branch(raw, pre: list, resize):
                                    dtype="float32", name="pre_sobel")
     negate = layers.Rescaling(-1.0, dtype="float32", name="pre_sobel_negate")
     magnitude = layers.Maximum(dtype="float32", name="pre_sobel_abs")   # |g| = max(g, -g): Keras has no Abs layer
-    standardize = layers.LayerNormalization(axis=[1, 2, 3], center=False, scale=False, epsilon=1.0,
-                                            dtype="float32", name="pre_standardize_edges")
+    standardize = _standardize_layer("pre_standardize_edges")
     concat = layers.Concatenate(dtype="float32", name="pre_with_edges")
     grad = sobel(raw)
     edges = standardize(magnitude([grad, negate(grad)]))
@@ -301,6 +300,15 @@ def _edge_branch(raw, pre: list, resize):
     return concat([resize(image), resize(edges)]), [sobel, negate, magnitude, standardize, concat]
 
 
+def _standardize_layer(name: str):
+    """Per-image standardisation (zero mean, unit variance over H, W, C): brightness and contrast changes of the
+    hidden set's corruption cancel before the first conv; epsilon in grey levels squared."""
+    from keras import layers
+
+    return layers.LayerNormalization(axis=[1, 2, 3], center=False, scale=False, epsilon=1.0, dtype="float32",
+                                     name=name)
+
+
 def _preprocessing_layers(mode: str) -> list:
     """Built-in layers mapping raw 0..255 to what the backbone expects. float32 even under mixed precision:
     raw pixel values and means are where float16 loses the most."""
@@ -311,10 +319,7 @@ def _preprocessing_layers(mode: str) -> list:
     if mode == "tf":
         return [layers.Rescaling(1 / 127.5, offset=-1.0, dtype="float32", name="pre_scale_tf")]
     if mode == "standardize":
-        # per-image standardisation (zero mean, unit variance over H, W, C): brightness and contrast changes
-        # of the hidden set's corruption cancel before the first conv; epsilon in grey levels squared
-        return [layers.LayerNormalization(axis=[1, 2, 3], center=False, scale=False, epsilon=1.0, dtype="float32",
-                                          name="pre_standardize")]
+        return [_standardize_layer("pre_standardize")]
     if mode == "torch":
         return [layers.Rescaling(1 / 255.0, dtype="float32", name="pre_scale_unit"),
                 layers.Normalization(mean=list(IMAGENET_MEAN_RGB), variance=[s * s for s in IMAGENET_STD_RGB],
