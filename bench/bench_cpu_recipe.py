@@ -7,9 +7,13 @@ Prints, from one run:
      at 60 minutes);
   3. the score: accuracy on the held-out split corrupted like the hidden set (goal >= 0.90), clean accuracy,
      the bootstrap interval, the time projection;
-  4. the errors by an2dl op: accuracy on the images that drew each op against the rest (errors_by_op).
+  4. the errors by an2dl op: accuracy on the images that drew each op against the rest (errors_by_op);
+  5. with --paired-with OTHER_OUT (a run with the same seed: same split, same corrupted draw): the images only
+     one of the two gets right, and the exact McNemar p-value of that difference (paired_comparison). Two runs of
+     the same recipe disagree on ~90 of 1273 images, so a 0.5-point difference is noise; this says how much.
 
     python bench/bench_cpu_recipe.py [--data ../shared/data/pbc96] [--out /tmp/bench-cpu] [--skip-build]
+                                     [--build-args "--edge-channels --seed 1"] [--paired-with /tmp/bench-base]
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -122,6 +127,8 @@ def main() -> None:
     ap.add_argument("--skip-build", action="store_true", help="score an existing OUT/sub.zip")
     ap.add_argument("--skip-aug", action="store_true")
     ap.add_argument("--aug-only", action="store_true", help="only the augmentation-cost measurement")
+    ap.add_argument("--build-args", default="", help="more `subbench build` options, e.g. '--seed 1'")
+    ap.add_argument("--paired-with", type=Path, help="another bench --out folder scored on the same split and draw")
     args = ap.parse_args()
     if not args.data.exists():
         sys.exit(f"no data at {args.data}")
@@ -134,7 +141,7 @@ def main() -> None:
     zip_path = args.out / "sub.zip"
     if not args.skip_build:
         rc, secs, out = run(cli + ["build", "--recipe", "cpu", "--data", str(args.data), "-o", str(zip_path),
-                                   "--force"])
+                                   "--force", *shlex.split(args.build_args)])
         (args.out / "build.log").write_text(out)
         print(f"build: exit {rc}, {secs / 60:.1f} min wall (recipe: cpu, training capped at 60 min)")
         if rc != 0:
@@ -155,6 +162,38 @@ def main() -> None:
     print(f"simulated-hidden accuracy {acc} (goal >= 0.90)")
     if scores.get("status") == "ok" and (scores.get("scored_on") or {}).get("simulate_hidden") == "an2dl":
         errors_by_op(zip_path, args.data, args.out / "result", scores["scored_on"]["seed"])
+    if args.paired_with:
+        paired_comparison(zip_path, args.data, args.out / "result", args.paired_with / "result")
+
+
+def _scored_labels(zip_path: Path, data: Path):
+    """The labels of the images `subbench score` scored (scores.json holds the predictions, not the labels)."""
+    sys.path.insert(0, str(REPO))
+    from local_bench.evaluate import ScoreOptions, select_images
+    from subbench.manifest import read_manifest
+    from subbench.profile import load_profile
+
+    _, labels, _, _ = select_images(str(data), load_profile(), read_manifest(zip_path), ScoreOptions(),
+                                    echo=lambda _: None)
+    return labels
+
+
+def paired_comparison(zip_path: Path, data: Path, result: Path, other: Path) -> None:
+    """Two runs scored on the same images and draw: accuracy of each, the images only one gets right, and the
+    exact McNemar test (binomial on the discordant images) of the difference."""
+    import numpy as np
+    from scipy.stats import binomtest
+
+    mine, theirs = (json.loads((r / "scores.json").read_text())["scored_on"] for r in (result, other))
+    if mine != theirs:
+        print(f"paired comparison skipped: {other} was scored on other images or another draw ({theirs} vs {mine})")
+        return
+    labels = _scored_labels(zip_path, data)
+    ok, ok_other = (np.load(r / "predictions.npy") == labels for r in (result, other))
+    win, loss = int((ok & ~ok_other).sum()), int((~ok & ok_other).sum())
+    p = binomtest(win, win + loss).pvalue if win + loss else 1.0
+    print(f"paired with {other}: accuracy {ok.mean():.4f} vs {ok_other.mean():.4f} on the same {len(ok)} images; "
+          f"right only here {win}, right only there {loss}; exact McNemar p = {p:.3f}")
 
 
 def errors_by_op(zip_path: Path, data: Path, result: Path, seed: int) -> None:
@@ -164,15 +203,8 @@ def errors_by_op(zip_path: Path, data: Path, result: Path, seed: int) -> None:
     draws several ops, so the shares add up to more than 100%)."""
     import numpy as np
 
-    sys.path.insert(0, str(REPO))
-    from local_bench.evaluate import ScoreOptions, select_images
+    ok = np.load(result / "predictions.npy") == _scored_labels(zip_path, data)
     from subbench.corrupt import an2dl
-    from subbench.manifest import read_manifest
-    from subbench.profile import load_profile
-
-    _, labels, _, _ = select_images(str(data), load_profile(), read_manifest(zip_path), ScoreOptions(),
-                                    echo=lambda _: None)
-    ok = np.load(result / "predictions.npy") == labels
     d = an2dl.draw(len(ok), seed)
     rand_augment = np.where(d.ra_u > an2dl.RA_RATE, -1, d.ra_op)          # (N, slots): -1 = slot skipped
     aug_mix = np.zeros((len(ok), len(an2dl.AUGMIX_OPS)), bool)

@@ -2,8 +2,8 @@
 
 Builds the model exactly as `build_model("custom_cnn")` does (Rescaling inside, GAP head, float32 softmax),
 compiles it with AdamW and categorical cross-entropy, and times `train_on_batch` on random 0..255 images
-(the input pipeline is not part of this number). Variants of the width/depth/BatchNorm/precision are timed
-side by side, in alternating rounds so that machine load affects all alike, with XLA (Keras' default on CPU,
+(the input pipeline is not part of this number). Variants of the width/depth/BatchNorm/precision/edge channels
+are timed side by side, in alternating rounds so that machine load affects all alike, with XLA (Keras' default on CPU,
 jit_compile "auto") and without; medians are printed, plus the projected epoch time for 11,000 images.
 
     python bench/bench_custom_cnn.py [--rounds 5] [--steps 5] [--threads 2] [--input-size 64] [--xla off]
@@ -23,6 +23,8 @@ VARIANTS = {
     "default, Keras BatchNorm (not fused)": {"fused_batchnorm": False},
     # --mixed-precision on a CPU with AMX / AVX-512 BF16 (builder/precision.py); "policy" is not a custom_cnn option
     "default, mixed_bfloat16 policy": {"policy": "mixed_bfloat16"},
+    # --edge-channels: 6 Sobel channels in float32 before the bf16 net ("build": build_model options)
+    "default, bf16, edge channels": {"policy": "mixed_bfloat16", "build": {"edge_channels": True}},
     "(24,48,96,192)x(1,2,2,1)": {"widths": (24, 48, 96, 192)},
     "(32,64,128,256)x(1,1,2,1)": {"blocks": (1, 1, 2, 1)},
     "(32,64,128,256)x(1,1,1,1)": {"blocks": (1, 1, 1, 1)},
@@ -61,8 +63,9 @@ def main() -> None:
         for jit in {"both": (True, False), "on": (True,), "off": (False,)}[args.xla]:
             kw = dict(kw)
             keras.mixed_precision.set_global_policy(kw.pop("policy", "float32"))
+            build = kw.pop("build", {})
             models.custom_cnn = lambda *a, _kw=kw, **k: original(*a, **{**k, **_kw})
-            built = models.build_model("custom_cnn", input_size=args.input_size)
+            built = models.build_model("custom_cnn", input_size=args.input_size, **build)
             built.model.compile(keras.optimizers.AdamW(1e-3), "categorical_crossentropy", jit_compile=jit)
             keras.mixed_precision.set_global_policy("float32")
             t0 = time.perf_counter()

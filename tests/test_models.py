@@ -163,8 +163,9 @@ def _standardized(v: np.ndarray) -> np.ndarray:   # LayerNormalization over (H, 
 
 
 def test_edge_channels_are_sobel_magnitudes_that_ignore_brightness_and_inversion():
-    """Channels 4-9: |Sobel x| and |Sobel y| of R, G, B ('valid' at 96 px), standardised, resized to 64 like
-    channels 1-3 (the standardised image). Adding a brightness or inverting the image leaves them as they were."""
+    """Channels 4-9: |Sobel x| and |Sobel y| of R, G, B ('valid', of the image resized to 66 px), standardised;
+    channels 1-3: the image resized to 64 px, standardised. Adding a brightness or inverting the image leaves
+    channels 4-9 as they were."""
     built = build_model("custom_cnn", input_size=64, edge_channels=True)
     assert built.model.input_shape == (None, 96, 96, 3) and built.backbone.input_shape == (None, 64, 64, 9)
     assert built.model.output_shape == (None, 8)
@@ -172,12 +173,13 @@ def test_edge_channels_are_sobel_magnitudes_that_ignore_brightness_and_inversion
     x = np.round(images(3) * 0.7)                       # 0..178: +60 stays inside 0..255
     got = np.asarray(built.preprocess(x))
     resize = keras.layers.Resizing(64, 64, interpolation="bilinear")
-    np.testing.assert_allclose(got[..., :3], np.asarray(resize(_standardized(x))), atol=1e-4)
+    np.testing.assert_allclose(got[..., :3], _standardized(np.asarray(resize(x))), atol=1e-4)
+    x66 = np.asarray(keras.layers.Resizing(66, 66, interpolation="bilinear")(x))
     sx = np.array([[-1, 0, 1], [-2, 0, 2], [-1, 0, 1]], "float32")
-    gx = sum(sx[i, j] * x[:, i:i + 94, j:j + 94] for i in range(3) for j in range(3))
-    gy = sum(sx.T[i, j] * x[:, i:i + 94, j:j + 94] for i in range(3) for j in range(3))
-    edges = np.stack([np.abs(gx), np.abs(gy)], axis=-1).reshape(3, 94, 94, 6)   # channel c*2 + (x, y)
-    np.testing.assert_allclose(got[..., 3:], np.asarray(resize(_standardized(edges))), atol=1e-4)
+    gx = sum(sx[i, j] * x66[:, i:i + 64, j:j + 64] for i in range(3) for j in range(3))
+    gy = sum(sx.T[i, j] * x66[:, i:i + 64, j:j + 64] for i in range(3) for j in range(3))
+    edges = np.stack([np.abs(gx), np.abs(gy)], axis=-1).reshape(3, 64, 64, 6)   # channel c*2 + (x, y)
+    np.testing.assert_allclose(got[..., 3:], _standardized(edges), atol=1e-4)
     for changed in (x + 60.0, 255.0 - x):
         other = np.asarray(built.preprocess(changed))
         np.testing.assert_allclose(other[..., 3:], got[..., 3:], atol=1e-4)
