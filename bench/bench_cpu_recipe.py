@@ -62,7 +62,8 @@ def augmentation_cost(data: Path, rounds: int, steps: int) -> None:
     def compiled(dtype_policy: str):
         keras.mixed_precision.set_global_policy(dtype_policy)
         try:
-            m = build_model(recipe.backbone, input_size=recipe.input_size).model
+            m = build_model(recipe.backbone, input_size=recipe.input_size,
+                            edge_channels=recipe.edge_channels).model
             m.compile(optimizer="adamw", loss="categorical_crossentropy", jit_compile=False)
             return m
         finally:
