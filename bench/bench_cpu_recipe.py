@@ -10,10 +10,10 @@ Prints, from one run:
   4. the errors by an2dl op: accuracy on the images that drew each op against the rest (errors_by_op);
   5. with --paired-with OTHER_OUT (a run with the same seed: same split, same corrupted draw): the images only
      one of the two gets right, and the exact McNemar p-value of that difference (paired_comparison). Two runs of
-     the same recipe disagree on ~90 of 1273 images, so a 0.5-point difference is noise; this says how much.
+     the cpu recipe on the same images disagreed on 78 to 99 of 1273, so a 0.5-point difference can be noise.
 
     python bench/bench_cpu_recipe.py [--data ../shared/data/pbc96] [--out /tmp/bench-cpu] [--skip-build]
-                                     [--build-args "--edge-channels --seed 1"] [--paired-with /tmp/bench-base]
+                                     [--build-args "--seed 1"] [--paired-with /tmp/bench-base]
 """
 
 from __future__ import annotations
@@ -203,9 +203,9 @@ def errors_by_op(zip_path: Path, data: Path, result: Path, seed: int) -> None:
     corruptions cost the most. Share of errors = errors among the images with the op / all errors (an image
     draws several ops, so the shares add up to more than 100%)."""
     import numpy as np
+    from subbench.corrupt import an2dl
 
     ok = np.load(result / "predictions.npy") == _scored_labels(zip_path, data)
-    from subbench.corrupt import an2dl
     d = an2dl.draw(len(ok), seed)
     rand_augment = np.where(d.ra_u > an2dl.RA_RATE, -1, d.ra_op)          # (N, slots): -1 = slot skipped
     aug_mix = np.zeros((len(ok), len(an2dl.AUGMIX_OPS)), bool)
