@@ -269,7 +269,7 @@ def custom_cnn(include_top: bool = False, weights=None, input_shape=(96, 96, 3),
 EDGE_CHANNELS = 6   # |Sobel x| and |Sobel y| of each of R, G, B
 
 
-def _edge_branch(raw, pre: list, height: int, width: int):
+def _edge_branch(raw, image, pre: list, height: int, width: int):
     """(the standardised image and its standardised Sobel gradient magnitudes, concatenated, height x width; the
     layers added): built-in layers only, the Sobel kernel a frozen DepthwiseConv2D weight saved with the model.
 
@@ -293,10 +293,7 @@ def _edge_branch(raw, pre: list, height: int, width: int):
     concat = layers.Concatenate(dtype="float32", name="pre_with_edges")
     grad = sobel(edge_resize(raw))
     edges = standardize(magnitude([grad, negate(grad)]))
-    image = raw
-    if tuple(raw.shape[1:3]) != (height, width):
-        image = layers.Resizing(height, width, interpolation="bilinear", dtype="float32", name="pre_resize")(image)
-    for layer in pre:
+    for layer in pre:   # image: raw, already resized to height x width
         image = layer(image)
     kernel = np.zeros((3, 3, raw.shape[-1], 2), "float32")
     sx = np.array([[-1, 0, 1], [-2, 0, 2], [-1, 0, 1]], "float32")
@@ -513,7 +510,7 @@ def build_model(backbone: str, *, num_classes: int = 8, input_shape=(96, 96, 3),
 
     inp = keras.Input(input_shape, dtype="float32", name="image")
     x = inp
-    if size and (size, size) != input_shape[:2] and not edge_channels:   # _edge_branch resizes its own way
+    if size and (size, size) != input_shape[:2]:
         x = layers.Resizing(size, size, interpolation="bilinear", dtype="float32", name="pre_resize")(x)
     backbone_shape = (size, size, 3) if size else input_shape
     pre = _preprocessing_layers(spec.preprocessing)
@@ -535,7 +532,7 @@ def build_model(backbone: str, *, num_classes: int = 8, input_shape=(96, 96, 3),
                 if fix is not None:
                     pre.append(fix)
     if edge_channels:
-        x, edge_layers = _edge_branch(x, pre, *backbone_shape[:2])
+        x, edge_layers = _edge_branch(inp, x, pre, *backbone_shape[:2])
         pre = pre + edge_layers
     else:
         for layer in pre:
