@@ -63,7 +63,8 @@ def augmentation_cost(data: Path, rounds: int, steps: int) -> None:
         keras.mixed_precision.set_global_policy(dtype_policy)
         try:
             m = build_model(recipe.backbone, input_size=recipe.input_size,
-                            edge_channels=recipe.edge_channels).model
+                            edge_channels=recipe.edge_channels,
+                            equalized_channels=recipe.equalized_channels).model
             m.compile(optimizer="adamw", loss="categorical_crossentropy", jit_compile=False)
             return m
         finally:

@@ -7,6 +7,7 @@ are timed side by side, in alternating rounds so that machine load affects all a
 jit_compile "auto") and without; medians are printed, plus the projected epoch time for 11,000 images.
 
     python bench/bench_custom_cnn.py [--rounds 5] [--steps 5] [--threads 2] [--input-size 64] [--xla off]
+                                     [--variants "bf16"]   (only the variants whose name holds this text)
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ VARIANTS = {
     "default, mixed_bfloat16 policy": {"policy": "mixed_bfloat16"},
     # --edge-channels: 6 Sobel channels in float32 before the bf16 net ("build": build_model options)
     "default, bf16, edge channels": {"policy": "mixed_bfloat16", "build": {"edge_channels": True}},
+    # --equalized-channels as well: 3 soft-histogram-equalised channels (17 knots) in float32
+    "default, bf16, edge + equalized channels": {"policy": "mixed_bfloat16",
+                                                 "build": {"edge_channels": True, "equalized_channels": True}},
     "(24,48,96,192)x(1,2,2,1)": {"widths": (24, 48, 96, 192)},
     "(32,64,128,256)x(1,1,2,1)": {"blocks": (1, 1, 2, 1)},
     "(32,64,128,256)x(1,1,1,1)": {"blocks": (1, 1, 1, 1)},
@@ -41,7 +45,12 @@ def main() -> None:
     ap.add_argument("--input-size", type=int, default=96, help="resized to inside the model, as --input-size does")
     ap.add_argument("--xla", choices=("both", "on", "off"), default="both",
                     help="jit_compile True (Keras' 'auto' on CPU) and/or False")
+    ap.add_argument("--variants", default="", help="time only the variants whose name contains this text; the "
+                    "first one kept is the ratios' base")
     args = ap.parse_args()
+    variants = {name: kw for name, kw in VARIANTS.items() if args.variants in name}
+    if not variants:
+        ap.error(f"no variant name contains {args.variants!r}: " + "; ".join(VARIANTS))
 
     import numpy as np
     import tensorflow as tf
@@ -59,7 +68,7 @@ def main() -> None:
 
     runs = {}
     original = models.custom_cnn
-    for name, kw in VARIANTS.items():
+    for name, kw in variants.items():
         for jit in {"both": (True, False), "on": (True,), "off": (False,)}[args.xla]:
             kw = dict(kw)
             keras.mixed_precision.set_global_policy(kw.pop("policy", "float32"))
@@ -84,12 +93,12 @@ def main() -> None:
     base = statistics.median(next(iter(runs.values()))["times"])
     print(f"batch {args.batch}, 96x96x3 resized to {args.input_size} in the model, {os.cpu_count()} CPUs visible, "
           f"threads {args.threads or 'default'}, {args.rounds} rounds x {args.steps} steps, Keras {keras.__version__}")
-    print(f"{'variant':38s} {'xla':>5s} {'params':>8s} {'first step':>10s} {'step (median)':>14s} "
+    print(f"{'variant':42s} {'xla':>5s} {'params':>8s} {'first step':>10s} {'step (median)':>14s} "
           f"{'epoch of ' + str(args.epoch_images):>16s} {'ratio':>6s}")
     for (name, jit), run in runs.items():
         step = statistics.median(run["times"])
         epoch = step * args.epoch_images / args.batch
-        print(f"{name:38s} {str(jit):>5s} {run['params'] / 1e6:7.2f}M {run['first']:9.1f}s {step * 1000:11.0f} ms "
+        print(f"{name:42s} {str(jit):>5s} {run['params'] / 1e6:7.2f}M {run['first']:9.1f}s {step * 1000:11.0f} ms "
               f"{epoch / 60:13.1f} min {step / base:6.2f}")
 
 

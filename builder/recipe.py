@@ -27,7 +27,7 @@ class RecipeError(SubbenchError):
 
 # TOML table -> the fields it may hold (names are the dataclass fields below).
 SECTIONS = {
-    "model": ("backbone", "weights", "input_size", "edge_channels"),
+    "model": ("backbone", "weights", "input_size", "edge_channels", "equalized_channels"),
     "head": ("head", "head_dense", "head_batchnorm", "head_dropout", "head_l2"),
     "loss": ("loss", "label_smoothing", "focal_gamma", "focal_alpha", "balance"),
     "optimizer": ("optimizer", "learning_rate", "weight_decay", "schedule"),
@@ -48,6 +48,7 @@ class Recipe:
     weights: str = "none"             # none | imagenet | PATH
     input_size: int | None = None     # resize inside the model (e.g. 224 for backbones that want it)
     edge_channels: bool = False       # custom_cnn: also feed the Sobel gradient magnitudes (solarize-robust)
+    equalized_channels: bool = False  # custom_cnn: also feed each channel histogram-equalised (equalize-robust)
     # [head]
     head: str = "gap"                 # gap | inception (seed 000)
     head_dense: tuple[int, ...] = ()

@@ -214,7 +214,8 @@ def train(recipe: Recipe, images: np.ndarray, labels: np.ndarray, val_images: np
         with strategy.scope():
             built = build_model(recipe.backbone, num_classes=num_classes, input_shape=images.shape[1:],
                                 input_size=recipe.input_size, weights=recipe.weights, head=head, seed=recipe.seed,
-                                edge_channels=recipe.edge_channels)
+                                edge_channels=recipe.edge_channels,
+                                equalized_channels=recipe.equalized_channels)
         index = oversample_index(labels, recipe.seed) if recipe.balance == "oversample" else None
         cw = class_weights(labels, num_classes) if recipe.balance == "weights" else None
         # The training time budget starts before the heavy bank is computed: the bank is part of training.

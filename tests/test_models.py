@@ -186,9 +186,45 @@ def test_edge_channels_are_sobel_magnitudes_that_ignore_brightness_and_inversion
     assert np.abs(np.asarray(built.preprocess(255.0 - x))[..., :3] - got[..., :3]).max() > 1.0
 
 
-def test_edge_channels_need_a_standardised_backbone():
-    with pytest.raises(ModelConfigError, match="edge_channels needs a backbone with per-image standardisation"):
-        build_model("mobilenetv3_small", edge_channels=True)
+def _soft_equalized(x: np.ndarray, knots: int = 17) -> np.ndarray:
+    """numpy's reading of _equalized_channels' estimate: hat weights on `knots` grey levels, their image means the
+    histogram, F_k = sum_{j<k} h_j + h_k / 2, each pixel F read back through its hat weights; to -1..1."""
+    t = np.linspace(0, 255, knots)
+    w = np.maximum(0.0, 1.0 - np.abs(x[..., None].astype(np.float64) - t) / (255 / (knots - 1)))
+    h = w.mean(axis=(1, 2))
+    cdf = np.cumsum(h, axis=-1) - h / 2
+    return 2 * (w * cdf[:, None, None]).sum(-1) - 1
+
+
+def test_equalized_channels_are_each_colours_soft_cdf_and_ignore_equalize():
+    """Channels 10-12 (after the image's 3 and the edges' 6): R, G, B each equalised by its own CDF, estimated on
+    17 grey levels at 32 px and resized to 64. keras_cv's equalize and auto_contrast (subbench.corrupt's
+    reimplementations) change them far less than they change the standardised image."""
+    from subbench.corrupt import kcv_ops
+    from subbench.data.synthetic import cell_like_images
+
+    built = build_model("custom_cnn", input_size=64, edge_channels=True, equalized_channels=True)
+    assert built.backbone.input_shape == (None, 64, 64, 12) and built.model.output_shape == (None, 8)
+    assert all(not layer.trainable for layer in built.preprocess_layers)
+    x = cell_like_images(4, seed=1)[0].astype("float32")
+    got = np.asarray(built.preprocess(x))
+    resize = keras.layers.Resizing(64, 64, interpolation="bilinear")
+    x32 = np.asarray(keras.layers.Resizing(32, 32, interpolation="bilinear")(resize(x)))
+    want = np.asarray(resize(_soft_equalized(x32).astype("float32")))
+    np.testing.assert_allclose(got[..., 9:], want, atol=1e-3)
+    np.testing.assert_allclose(got[..., :3], _standardized(np.asarray(resize(x))), atol=1e-4)   # unchanged
+    planar = x.transpose(0, 3, 1, 2)
+    for op in (kcv_ops.equalize, kcv_ops.auto_contrast):
+        other = np.asarray(built.preprocess(op(planar).transpose(0, 2, 3, 1)))
+        eq_change = np.abs(other[..., 9:] - got[..., 9:]).mean()
+        image_change = np.abs(other[..., :3] - got[..., :3]).mean()
+        assert eq_change < image_change / 3, (op.__name__, eq_change, image_change)   # 0.20 vs 0.73 for equalize
+
+
+@pytest.mark.parametrize("option", ["edge_channels", "equalized_channels"])
+def test_extra_channels_need_a_standardised_backbone(option):
+    with pytest.raises(ModelConfigError, match=f"{option} needs a backbone with per-image standardisation"):
+        build_model("mobilenetv3_small", **{option: True})
 
 
 def _leading_preprocessing(backbone, x):
@@ -512,8 +548,9 @@ def test_one_model_per_family_loads_on_the_server_keras(tmp_path):
         export_model(built.model, tmp_path / f"{name}.keras", table)
         np.save(tmp_path / f"{name}.npy", built.model.predict(x, verbose=0))
         keras.backend.clear_session()
-    # the cpu recipe's input (96 px resized to 64 inside) with the edge channels: a frozen Sobel DepthwiseConv2D
-    built = build_model("custom_cnn", input_size=64, edge_channels=True)
+    # the cpu recipe's input (96 px resized to 64 inside) with the edge channels (a frozen Sobel DepthwiseConv2D)
+    # and the equalised ones (frozen Conv2D ramps, Dense, Reshape, Dot)
+    built = build_model("custom_cnn", input_size=64, edge_channels=True, equalized_channels=True)
     export_model(built.model, tmp_path / "custom_cnn_edges.keras", table)
     np.save(tmp_path / "custom_cnn_edges.npy", built.model.predict(x, verbose=0))
     script = ("import sys, glob, numpy as np, keras\n"

@@ -116,16 +116,21 @@ def test_build_trains_packages_and_records_the_split(tiny_npz, tmp_path):
 
 def test_cpu_recipe_builds_with_its_heavy_bank_at_64_px(tiny_npz, tmp_path):
     """The cpu recipe end to end, shortened: heavy augmentation from a bank of corrupted copies, 64 px and the edge
-    channels inside a model that takes the profile's 96 px, a zip that passes check."""
+    channels (and, by flag, the equalised ones) inside a model that takes the profile's 96 px, a zip that passes
+    check."""
     out = tmp_path / "sub.zip"
     res = run_cli("build", "--recipe", "cpu", "--data", str(tiny_npz), "--epochs", "1", "--batch-size", "16",
-                  "--heavy-bank", "2", "--weight-decay", "0.02", "--tta", "none", "-o", str(out))
+                  "--heavy-bank", "2", "--weight-decay", "0.02", "--tta", "none", "--equalized-channels",
+                  "-o", str(out))
     assert res.returncode == 0, res.stdout + res.stderr
     assert "heavy augmentation: 2 corrupted copies of the training set" in res.stdout
     recipe = _manifest(out)["training"]["recipe"]
     assert (recipe["augment"], recipe["heavy_bank"], recipe["input_size"]) == ("heavy", 2, 64)
     assert recipe["weight_decay"] == 0.02 and recipe["learning_rate"] == 3e-3   # flag over recipe, rest kept
     assert recipe["edge_channels"] is True                                      # the recipe's own
+    assert recipe["equalized_channels"] is True
+    config = zipfile.ZipFile(zipfile.ZipFile(out).open("weights.keras")).read("config.json").decode()
+    assert '"pre_with_extra_channels"' in config and '"pre_eq_lookup"' in config and '"pre_sobel"' in config
     assert check_zip(out, PROFILE).ok
 
 

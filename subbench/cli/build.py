@@ -28,6 +28,9 @@ TRAINING_OPTIONS = [
     click.option("--input-size", type=int, default=None, help="Resize inside the model (backbones wanting more px)."),
     click.option("--edge-channels/--no-edge-channels", default=None,
                  help="custom_cnn: also feed the image's Sobel gradient magnitudes (robust to solarize)."),
+    click.option("--equalized-channels/--no-equalized-channels", default=None,
+                 help="custom_cnn: also feed each colour channel histogram-equalised (robust to equalize, "
+                      "auto_contrast)."),
     click.option("--head", type=click.Choice(["gap", "inception"]), default=None, help="Classification head."),
     click.option("--loss", type=click.Choice(["crossentropy", "focal"]), default=None),
     click.option("--label-smoothing", type=float, default=None),
