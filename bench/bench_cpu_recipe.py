@@ -189,13 +189,15 @@ def main() -> None:
                      indent=1, default=str)[:4000])
     acc = scores.get("accuracy")
     print(f"simulated-hidden accuracy {acc} (goal >= 0.90)")
-    if scores.get("status") == "ok" and (scores.get("scored_on") or {}).get("simulate_hidden") == "an2dl":
-        errors_by_op(zip_path, args.data, args.out / "result", scores["scored_on"]["seed"])
+    by_op = scores.get("status") == "ok" and (scores.get("scored_on") or {}).get("simulate_hidden") == "an2dl"
+    labels = scored_labels(zip_path, args.data) if by_op or args.paired_with else None   # read the data once
+    if by_op:
+        errors_by_op(labels, args.out / "result", scores["scored_on"]["seed"])
     if args.paired_with:
-        paired_comparison(zip_path, args.data, args.out / "result", args.paired_with / "result")
+        paired_comparison(labels, args.out, args.paired_with)
 
 
-def _scored_labels(zip_path: Path, data: Path):
+def scored_labels(zip_path: Path, data: Path):
     """The labels of the images `subbench score` scored (scores.json holds the predictions, not the labels)."""
     sys.path.insert(0, str(REPO))
     from local_bench.evaluate import ScoreOptions, select_images
@@ -207,17 +209,21 @@ def _scored_labels(zip_path: Path, data: Path):
     return labels
 
 
-def paired_comparison(zip_path: Path, data: Path, result: Path, other: Path) -> None:
-    """Two runs scored on the same images and draw: accuracy of each, the images only one gets right, and the
-    exact McNemar test (binomial on the discordant images) of the difference."""
+def paired_comparison(labels, out: Path, other_out: Path) -> None:
+    """Two bench --out folders scored on the same images and draw: accuracy of each, the images only one gets
+    right, and the exact McNemar test (binomial on the discordant images) of the difference.
+    labels: scored_labels() of out's zip."""
     import numpy as np
     from scipy.stats import binomtest
+    from subbench.manifest import read_manifest
 
+    result, other = out / "result", other_out / "result"
     mine, theirs = (json.loads((r / "scores.json").read_text())["scored_on"] for r in (result, other))
-    if mine != theirs:
-        print(f"paired comparison skipped: {other} was scored on other images or another draw ({theirs} vs {mine})")
+    # scored_on names the part ("holdout from the zip's manifest"), not which images: two seeds' splits differ
+    splits = [read_manifest(d / "sub.zip")["split"]["holdout"] for d in (out, other_out)]
+    if mine != theirs or splits[0] != splits[1]:
+        print(f"paired comparison skipped: {other_out} was scored on other images or another draw")
         return
-    labels = _scored_labels(zip_path, data)
     ok, ok_other = (np.load(r / "predictions.npy") == labels for r in (result, other))
     win, loss = int((ok & ~ok_other).sum()), int((~ok & ok_other).sum())
     p = binomtest(win, win + loss).pvalue if win + loss else 1.0
@@ -225,15 +231,15 @@ def paired_comparison(zip_path: Path, data: Path, result: Path, other: Path) -> 
           f"right only here {win}, right only there {loss}; exact McNemar p = {p:.3f}")
 
 
-def errors_by_op(zip_path: Path, data: Path, result: Path, seed: int) -> None:
+def errors_by_op(labels, result: Path, seed: int) -> None:
     """Accuracy on the scored images with and without each op the an2dl preset drew for them (the preset's
     draws are a function of the seed and the image's position alone, so they are redrawn here): which
     corruptions cost the most. Share of errors = errors among the images with the op / all errors (an image
-    draws several ops, so the shares add up to more than 100%)."""
+    draws several ops, so the shares add up to more than 100%). labels: scored_labels()."""
     import numpy as np
     from subbench.corrupt import an2dl
 
-    ok = np.load(result / "predictions.npy") == _scored_labels(zip_path, data)
+    ok = np.load(result / "predictions.npy") == labels
     d = an2dl.draw(len(ok), seed)
     rand_augment = np.where(d.ra_u > an2dl.RA_RATE, -1, d.ra_op)          # (N, slots): -1 = slot skipped
     aug_mix = np.zeros((len(ok), len(an2dl.AUGMIX_OPS)), bool)
