@@ -4,7 +4,8 @@ A `.keras` file is a zip of config.json, metadata.json and model.weights.h5. New
 keys older ones reject (measured: Keras 3.4.1 refuses BatchNormalization `renorm` written by 3.15), so the
 config is rewritten without the keys the target does not accept, after checking that each holds its default.
 The weights file is kept byte for byte. A compiled or mixed-precision model is first copied uncompiled, in float32,
-with training-time stand-in layers (models.TRAINING_STANDINS) replaced by the Keras classes they stand in for.
+with training-time stand-in layers (subbench.builder.custom_cnn.TRAINING_STANDINS) replaced by the Keras classes
+they stand in for.
 """
 
 from __future__ import annotations
@@ -13,10 +14,9 @@ import json
 import zipfile
 from pathlib import Path
 
+from subbench.builder.custom_cnn import TRAINING_STANDINS
 from subbench.errors import ExportError
 from subbench.keras_compat import KeyTable, find_problems, iter_objects, strip_for_target
-
-from .models import TRAINING_STANDINS
 
 
 def _inference_copy(model, config: dict):

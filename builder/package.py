@@ -20,15 +20,15 @@ import numpy as np
 
 import subbench
 from subbench.atomic import atomic_path, check_writable
+from subbench.builder.export import export_model
 from subbench.errors import ExportError
 from subbench.keras_compat import load_key_table
 from subbench.manifest import (MANIFEST_FORMAT, MANIFEST_NAME, PROBE_SEED, PROBE_TOLERANCE, probe_input,
                                sha256_bytes)
 from subbench.profile import Profile
 
-from .export import export_model
-
-# --tta presets: view names understood by submission_template/model.py (VIEWS there).
+# --tta presets: view names understood by submission_template/model.py (VIEWS there). `--tta auto`
+# (subbench.builder.tta_select) picks one of these.
 TTA_PRESETS = {
     "none": ["identity"],
     "flips": ["identity", "hflip", "vflip"],
@@ -73,6 +73,8 @@ def package_models(models: list, out_zip: Path, profile: Profile, *, tta: str | 
     import keras
     import tensorflow as tf
 
+    from subbench.corrupt.layers import STRIP_NOTE, contains_augmentation, strip_augmentation
+
     out_zip = Path(out_zip)
     check_writable(out_zip, force)  # fail before minutes of work
     if not models:
@@ -91,6 +93,9 @@ def package_models(models: list, out_zip: Path, profile: Profile, *, tta: str | 
     with tempfile.TemporaryDirectory(prefix="subbench-build-") as tmp:
         for i, (model, weight, src) in enumerate(zip(models, weights, sources)):
             label = f"model {src}"
+            if contains_augmentation(model):   # training-only, and a class the server lacks: never in a zip
+                model = strip_augmentation(model)
+                notes.append(f"{label}: {STRIP_NOTE}")
             _check_io(model, profile, label)
             name = "weights.keras" if i == 0 else f"weights_{i}.keras"
             dest = Path(tmp) / name
@@ -146,7 +151,8 @@ def package_models(models: list, out_zip: Path, profile: Profile, *, tta: str | 
 
 def package_files(model_paths: list[Path], out_zip: Path, profile: Profile, **kwargs) -> PackageResult:
     """`subbench build --from A.keras [--from B.keras]`: load each file, then package_models."""
-    from .export import load_user_model
+    import subbench.corrupt.layers  # noqa: F401  registers HiddenSetAugmentation, so files holding it load
+    from subbench.builder.export import load_user_model
 
     check_writable(Path(out_zip), kwargs.get("force", False))
     models = [load_user_model(Path(p)) for p in model_paths]

@@ -4,17 +4,18 @@ Augmentation presets (the model itself holds no augmentation layer, so it loads 
   none   the images as they are
   light  per image: one of the 8 flips/90-degree rotations, a reflect-padded shift of up to 8 px - the
          symmetries of a blood smear
-  heavy  the hidden set's own corruption (issue 4's `an2dl`: AugMix then RandAugment, sampled per image) on a
-         share of the images, then light, then Gaussian noise (seed 001's "dirt") on all
+  heavy  the hidden set's own corruption (subbench.corrupt's `an2dl` preset: AugMix then RandAugment, sampled
+         per image) on a share of the images, then light, then Gaussian noise (the "dirt" of the 'ANNamo' team
+         report) on all
 
 Cost, measured on 2 cores (a small CNN at 64 px trains at ~4 ms an image, so every 0.1 ms is 2.5% of a step):
 - light ops in numpy on the whole batch (views, one copy an image): 0.05-0.1 ms an image over none; the same
   ops as tf.image calls mapped image by image cost 0.3-0.35 ms, batched tf.where variants 0.5 ms (op dispatch
   and full-batch copies dominate at 96 px).
 - noise: a field drawn from a fixed pool of NOISE_POOL, 0.05 ms; fresh tf.random normals, 0.4-0.5 ms.
-- an2dl (numpy, issue 4): ~2.1 ms of CPU an image, more than the model's step. With `bank=K` it is computed
-  once, K corrupted copies of the training set before the first epoch, and each step picks one of them per
-  image (or the clean image): fewer fresh draws for a fraction of the cost. bank=None corrupts every batch
+- an2dl (numpy, subbench.corrupt): ~2.1 ms of CPU an image, more than the model's step. With `bank=K` it is
+  computed once, K corrupted copies of the training set before the first epoch, and each step picks one of them
+  per image (or the clean image): fewer fresh draws for a fraction of the cost. bank=None corrupts every batch
   anew (the choice on a GPU, where tf.data's parallel CPU work overlaps the device's steps).
 """
 
@@ -22,7 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 
-AUGMENT_PRESETS = ("none", "light", "heavy")
+AUGMENT_PRESETS = ("none", "light", "heavy")   # --augment (make_dataset)
 HEAVY_SHARE = 0.8        # keep some clean views: the hidden set's corruption leaves ~1/11 images near clean
 HEAVY_NOISE_SIGMA = 8.0  # on 0..255
 MAX_SHIFT = 8            # pixels, light preset

@@ -2,7 +2,12 @@
 
 `load_recipe(name_or_path)` reads a shipped recipe (builder/recipes/<name>.toml) or a file; `with_overrides`
 applies the flags a user typed on top of it. Flat dataclass, grouped in TOML by table ([model], [head],
-[loss], [optimizer], [train], [finetune], [tta]) for readability.
+[loss], [optimizer], [train], [finetune], [tta]) for readability. The values a named option may take come from
+the registry of the module that implements it (CHOICES), so a recipe is checked against what exists.
+
+The shipped recipes besides `cpu` follow team reports of the AN2DL 2024 challenge (their `description` says
+which) and are named after what they train: convnext-xlarge-focal, efficientnetv2s-lion, vgg16-oversample,
+convnext-base-nadam, efficientnetv2b0-lion.
 """
 
 from __future__ import annotations
@@ -18,6 +23,14 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
+from subbench.builder.backbones import BACKBONES
+from subbench.builder.heads import HEADS
+from subbench.builder.input_branches import InputBranchError, InputBranches
+from subbench.builder.losses import LOSSES
+from subbench.builder.optim import OPTIMIZERS, SCHEDULES
+from subbench.builder.pipeline import AUGMENT_PRESETS
+from subbench.builder.train import BALANCE_MODES, STRATEGIES
+from subbench.builder.tta_select import TTA_CHOICES
 from subbench.errors import SubbenchError
 
 
@@ -27,7 +40,7 @@ class RecipeError(SubbenchError):
 
 # TOML table -> the fields it may hold (names are the dataclass fields below).
 SECTIONS = {
-    "model": ("backbone", "weights", "input_size", "edge_channels", "equalized_channels"),
+    "model": ("backbone", "weights", "input_size", "inputs"),
     "head": ("head", "head_dense", "head_batchnorm", "head_dropout", "head_l2"),
     "loss": ("loss", "label_smoothing", "focal_gamma", "focal_alpha", "balance"),
     "optimizer": ("optimizer", "learning_rate", "weight_decay", "schedule"),
@@ -36,6 +49,8 @@ SECTIONS = {
     "finetune": ("finetune_phases", "finetune_epochs", "finetune_lr_decay", "unfreeze_to"),
     "tta": ("tta", "time_budget_s"),
 }
+# [model] keys of older recipes, each a boolean for one input branch: read into `inputs`.
+LEGACY_INPUT_KEYS = {"edge_channels": "edges", "equalized_channels": "equalized"}
 
 
 @dataclass
@@ -47,10 +62,10 @@ class Recipe:
     backbone: str = "custom_cnn"
     weights: str = "none"             # none | imagenet | PATH
     input_size: int | None = None     # resize inside the model (e.g. 224 for backbones that want it)
-    edge_channels: bool = False       # custom_cnn: also feed the Sobel gradient magnitudes (solarize-robust)
-    equalized_channels: bool = False  # custom_cnn: also feed each channel histogram-equalised (equalize-robust)
+    # custom_cnn: more input channels (subbench.builder.input_branches); TOML: inputs = ["edges", "equalized"]
+    inputs: InputBranches = field(default_factory=InputBranches)
     # [head]
-    head: str = "gap"                 # gap | inception (seed 000)
+    head: str = "gap"                 # gap | inception
     head_dense: tuple[int, ...] = ()
     head_batchnorm: bool = False
     head_dropout: float = 0.2
@@ -60,7 +75,7 @@ class Recipe:
     label_smoothing: float = 0.0
     focal_gamma: float = 0.5
     focal_alpha: float = 1.0
-    balance: str = "none"             # none | oversample | weights (seed 003: natural distribution is best)
+    balance: str = "none"             # none | oversample | weights
     # [optimizer]
     optimizer: str = "adamw"          # adamw | lion | nadam | sgd
     learning_rate: float = 1e-3
@@ -74,14 +89,14 @@ class Recipe:
     heavy_bank: int = 0               # heavy: K precomputed corrupted copies to draw from; 0 = corrupt every batch
     holdout: float = 0.1
     seed: int = 0
-    val_corrupt: str | None = "an2dl"  # validation set corrupted once for early stopping (seed 000); None = clean
+    val_corrupt: str | None = "an2dl"  # validation set corrupted once for early stopping; None = clean
     kfold: int = 0                    # >1: estimate the epoch count by K-fold cross-validation first
     final: bool = False               # after --kfold: fit on all data for the estimated epochs
     mixed_precision: bool = False
     strategy: str = "auto"            # auto | mirrored | multiworker | none
     limit: int | None = None          # use only this many training images (smoke runs)
     max_train_minutes: float | None = None  # stop training (keeping the best weights) after this long
-    # [finetune] gradual unfreezing of a pretrained backbone (seeds 000, 001); BatchNorm stays frozen
+    # [finetune] gradual unfreezing of a pretrained backbone; BatchNorm stays frozen
     finetune_phases: int = 0
     finetune_epochs: int = 3
     finetune_lr_decay: float = 0.5
@@ -91,10 +106,14 @@ class Recipe:
     time_budget_s: float | None = None  # for tta=auto: default the profile's time limit
     extra: dict = field(default_factory=dict, repr=False)
 
+    def __post_init__(self):
+        self.inputs = InputBranches.from_names(self.inputs)   # also from a list of names
+
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d.pop("extra")
         d["head_dense"] = list(self.head_dense)
+        d["inputs"] = list(self.inputs.names())
         return d
 
 
@@ -103,10 +122,9 @@ _FIELDS = {f.name: f for f in dataclasses.fields(Recipe)}
 # Values a field may take: a recipe file is checked as a whole when read, so a typo is one named error before
 # any data is loaded, not a traceback an hour into training.
 CHOICES = {
-    "head": ("gap", "inception"), "loss": ("crossentropy", "focal"), "balance": ("none", "oversample", "weights"),
-    "optimizer": ("adamw", "lion", "nadam", "sgd"), "schedule": ("plateau", "cosine", "constant"),
-    "augment": ("none", "light", "heavy"), "strategy": ("auto", "mirrored", "multiworker", "none"),
-    "tta": ("none", "flips", "d4", "auto"),
+    "backbone": tuple(BACKBONES), "head": tuple(HEADS), "loss": tuple(LOSSES), "balance": BALANCE_MODES,
+    "optimizer": tuple(OPTIMIZERS), "schedule": SCHEDULES, "augment": AUGMENT_PRESETS, "strategy": STRATEGIES,
+    "tta": TTA_CHOICES,
 }
 BOOLS = tuple(f.name for f in dataclasses.fields(Recipe) if f.type in (bool, "bool"))
 # (type, lowest allowed, highest allowed or None, the lowest bound excluded?)
@@ -158,6 +176,8 @@ def shipped_recipes() -> list[str]:
 def _coerce(name: str, value):
     if name == "head_dense":
         return tuple(int(v) for v in value)
+    if name == "inputs":   # a list of names (TOML), "edges,equalized" or "none" (CLI), or an InputBranches
+        return InputBranches.from_names(value)
     if name in ("input_size", "limit", "max_train_minutes") and value in (0, "", None):
         return None
     if name in ("val_corrupt",) and value in ("", "none", None, False):
@@ -181,12 +201,37 @@ def load_recipe(name_or_path: str | Path) -> Recipe:
     for section, table in raw.items():
         if section not in SECTIONS or not isinstance(table, dict):
             raise RecipeError(f"recipe {path}: unknown table [{section}]", f"use tables {sorted(SECTIONS)}")
-        for key, value in table.items():
-            if key not in SECTIONS[section]:
-                raise RecipeError(f"recipe {path}: [{section}] has no option {key!r}",
-                                  f"[{section}] takes {list(SECTIONS[section])}")
-            values[key] = _coerce(key, value)
+        try:
+            if section == "model":
+                table = _legacy_inputs(table, f"recipe {path}")
+            for key, value in table.items():
+                if key not in SECTIONS[section]:
+                    raise RecipeError(f"recipe {path}: [{section}] has no option {key!r}",
+                                      f"[{section}] takes {list(SECTIONS[section])}")
+                values[key] = _coerce(key, value)
+        except InputBranchError as exc:   # an unknown branch name: say which file
+            raise InputBranchError(f"recipe {path}: {exc.cause}", exc.hint) from None
     return check_values(Recipe(**values), f"recipe {path}")
+
+
+def _legacy_inputs(table: dict, where: str) -> dict:
+    """[model] with the older boolean keys (edge_channels = true, ...) read into `inputs`; a copy."""
+    legacy = {key: table[key] for key in LEGACY_INPUT_KEYS if key in table}
+    if not legacy:
+        return table
+    for key, value in legacy.items():
+        if not isinstance(value, bool):
+            raise RecipeError(f"{where}: {key} = {value!r} is not true or false", f"set {key} = true or false")
+    names = [LEGACY_INPUT_KEYS[key] for key, on in legacy.items() if on]
+    if "inputs" in table:
+        given = InputBranches.from_names(table["inputs"])
+        if set(given.names()) & {LEGACY_INPUT_KEYS[k] for k in legacy} != set(names):
+            raise RecipeError(f"{where}: [model] inputs = {table['inputs']!r} contradicts "
+                              + ", ".join(f"{k} = {str(v).lower()}" for k, v in legacy.items()),
+                              f"keep inputs only (the older keys {', '.join(legacy)} mean the same)")
+        names += given.names()
+    rest = {k: v for k, v in table.items() if k not in LEGACY_INPUT_KEYS}
+    return {**rest, "inputs": list(InputBranches.from_names(names).names())}
 
 
 def with_overrides(recipe: Recipe, **overrides) -> Recipe:

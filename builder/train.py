@@ -2,7 +2,7 @@
 
 Phase 1 trains the head with the backbone frozen (or the whole network when it starts from random weights);
 then `finetune_phases` micro-phases unfreeze the backbone from the top, the learning rate decayed between
-them, BatchNorm kept frozen (seeds 000 and 001). Every epoch is checkpointed by Keras' BackupAndRestore, and
+them, BatchNorm kept frozen (as the 'Overfitting Gods' and 'ANNamo' team reports did). Every epoch is checkpointed by Keras' BackupAndRestore, and
 `state.json` in the build folder records finished phases, so a killed build resumes where it stopped, losing
 at most the epoch in progress.
 """
@@ -13,16 +13,22 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from subbench.atomic import write_text_atomic
+from subbench.builder.pipeline import heavy_bank, make_dataset
 from subbench.errors import SubbenchError
 
-from .pipeline import heavy_bank, make_dataset
-from .recipe import Recipe
+if TYPE_CHECKING:   # recipe.py reads this module's registries
+    from subbench.builder.recipe import Recipe
 
 STATE = "state.json"
+# --balance: none | oversample (oversample_index) | weights (subbench.builder.losses.class_weights)
+BALANCE_MODES = ("none", "oversample", "weights")
+# --strategy (make_strategy)
+STRATEGIES = ("auto", "mirrored", "multiworker", "none")
 
 
 class TrainingError(SubbenchError):
@@ -40,7 +46,7 @@ class Phase:
 
 @dataclass
 class TrainResult:
-    built: object                      # builder.models.BuiltModel, best weights loaded
+    built: object                      # subbench.builder.models.BuiltModel, best weights loaded
     history: list[dict] = field(default_factory=list)   # one row per epoch: phase, epoch, metrics, lr, seconds
     best_epochs: dict = field(default_factory=dict)     # phase -> best epoch (1-based)
     val_accuracy: float | None = None
@@ -83,8 +89,8 @@ def make_strategy(name: str, cpu_devices: int | None = None):
     if name == "mirrored" or (name == "auto" and len(gpus) > 1):
         devices = [d.name for d in gpus] or [d.name for d in tf.config.list_logical_devices("CPU")]
         return tf.distribute.MirroredStrategy(devices=devices)
-    if name not in ("auto", "mirrored"):
-        raise TrainingError(f"unknown strategy {name!r}", "use auto, mirrored, multiworker or none")
+    if name not in STRATEGIES:
+        raise TrainingError(f"unknown strategy {name!r}", "use one of: " + ", ".join(STRATEGIES))
     return tf.distribute.get_strategy()
 
 
@@ -161,8 +167,8 @@ def _time_cosine(initial_lr: float, start: float, deadline: float):
 
 
 def _compile(built, recipe: Recipe, lr: float, steps: int, epochs: int, step_cosine: bool = True):
-    from .losses import make_loss
-    from .optim import make_optimizer, make_schedule
+    from subbench.builder.losses import make_loss
+    from subbench.builder.optim import make_optimizer, make_schedule
 
     cosine = recipe.schedule == "cosine" and step_cosine
     schedule = make_schedule("cosine", lr, steps * epochs) if cosine else lr
@@ -183,8 +189,9 @@ def train(recipe: Recipe, images: np.ndarray, labels: np.ndarray, val_images: np
     """Fit a model for `recipe` on (images, labels); validate on (val_images, val_labels) when given."""
     import keras
 
-    from .losses import class_weights
-    from .models import HeadConfig, build_model, set_backbone_trainable
+    from subbench.builder.heads import HeadConfig
+    from subbench.builder.losses import class_weights
+    from subbench.builder.models import build_model, set_backbone_trainable
 
     build_dir.mkdir(parents=True, exist_ok=True)
     state_path = build_dir / STATE
@@ -200,7 +207,7 @@ def train(recipe: Recipe, images: np.ndarray, labels: np.ndarray, val_images: np
             (build_dir / stale).unlink(missing_ok=True)
     policy = "float32"
     if recipe.mixed_precision:
-        from .precision import mixed_precision_policy
+        from subbench.builder.precision import mixed_precision_policy
 
         policy, why = mixed_precision_policy()
         echo(f"mixed precision: {why}")
@@ -214,8 +221,7 @@ def train(recipe: Recipe, images: np.ndarray, labels: np.ndarray, val_images: np
         with strategy.scope():
             built = build_model(recipe.backbone, num_classes=num_classes, input_shape=images.shape[1:],
                                 input_size=recipe.input_size, weights=recipe.weights, head=head, seed=recipe.seed,
-                                edge_channels=recipe.edge_channels,
-                                equalized_channels=recipe.equalized_channels)
+                                inputs=recipe.inputs)
         index = oversample_index(labels, recipe.seed) if recipe.balance == "oversample" else None
         cw = class_weights(labels, num_classes) if recipe.balance == "weights" else None
         # The training time budget starts before the heavy bank is computed: the bank is part of training.

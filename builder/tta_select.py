@@ -15,11 +15,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from subbench.builder.package import TTA_PRESETS
 from subbench.submission_template.model import VIEWS  # the very views the zip will apply
 
-from .package import TTA_PRESETS
-
-CANDIDATES = ("none", "flips", "d4")
+AUTO = "auto"                         # --tta auto: choose_tta picks a preset
+TTA_CHOICES = (*TTA_PRESETS, AUTO)    # what --tta and a recipe's tta take
+CANDIDATES = tuple(TTA_PRESETS)       # in order of growing cost
 SAFETY_MARGIN = 0.5      # projected time x 1.5 must fit: the server may be slower than this machine
 STARTUP_S = 15.0         # process start, TensorFlow import and model load on the server (measured here: 5-10 s)
 

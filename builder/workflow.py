@@ -15,13 +15,13 @@ from pathlib import Path
 import numpy as np
 
 from subbench.atomic import check_writable, write_text_atomic
+from subbench.builder.package import TTA_PRESETS, PackageResult, package_models
+from subbench.builder.recipe import Recipe
+from subbench.builder.train import plot_curves, train
+from subbench.builder.tta_select import AUTO, choose_tta
 from subbench.datasets import Dataset, image_hashes, load_dataset
 from subbench.errors import SubbenchError
 from subbench.profile import Profile
-
-from .package import TTA_PRESETS, PackageResult, package_models
-from .recipe import Recipe
-from .train import plot_curves, train
 
 
 class BuildDirError(SubbenchError):
@@ -110,13 +110,15 @@ def build_trained(recipe: Recipe, data_path: Path, out_zip: Path, profile: Profi
                                 "continue it with --resume, or pass --force to start over")
         shutil.rmtree(build_dir)
     build_dir.mkdir(parents=True, exist_ok=True)
-    dataset = load_dataset(data_path, profile, progress=True)
+    # A Dataset (arrays from a notebook) is used as it is; a path is loaded and recorded for `score`.
+    dataset = data_path if isinstance(data_path, Dataset) else load_dataset(data_path, profile, progress=True)
+    data_ref = None if isinstance(data_path, Dataset) else str(data_path)
     split = _split(dataset, recipe, split_path)
     train_idx = _limit(np.asarray(split["train"]), dataset.labels, recipe.limit, recipe.seed)
     hold_idx = np.asarray(split["holdout"], dtype=np.int64)
     if recipe.limit:
         hold_idx = _limit(hold_idx, dataset.labels, max(16, recipe.limit // 4), recipe.seed)
-    echo(f"data: {len(dataset)} images from {data_path}; training on {len(train_idx)}, holding out {len(hold_idx)}")
+    echo(f"data: {len(dataset)} images from {data_ref or 'arrays'}; training on {len(train_idx)}, holding out {len(hold_idx)}")
     kfold_rows, epochs = [], None
     if recipe.kfold and recipe.kfold > 1:
         epochs, kfold_rows = _kfold_epochs(dataset, train_idx, recipe, profile, build_dir, resume, echo)
@@ -134,16 +136,14 @@ def build_trained(recipe: Recipe, data_path: Path, out_zip: Path, profile: Profi
     plot_curves(result.history, build_dir / "curves.png")
     tta_preset, tta_rows = recipe.tta, []
     views = None
-    if recipe.tta == "auto":
+    if recipe.tta == AUTO:
         if val_x is None:
             raise BuildDirError("--tta auto needs held-out images to judge accuracy", "set --holdout above 0")
-        from .tta_select import choose_tta
-
         choice = choose_tta(result.built.model, val_x, val_y, hidden_size=profile.hidden_size,
                             time_budget_s=recipe.time_budget_s or profile.time_limit_s, echo=echo)
         tta_preset, views, tta_rows = choice.preset, choice.views, choice.rows
     views = views or TTA_PRESETS[tta_preset]
-    split_info = {"format": 1, "kind": "subbench-split", **split, "data": str(data_path),
+    split_info = {"format": 1, "kind": "subbench-split", **split, "data": data_ref,
                   "train_hashes": image_hashes(dataset.images[train_idx])}
     split_info["train"] = train_idx.tolist()
     split_info["holdout"] = hold_idx.tolist()

@@ -21,7 +21,7 @@ import subprocess
 import sys
 import tempfile
 import zipfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -30,9 +30,10 @@ from subbench.errors import ZipError
 from subbench.keras_compat import find_problems, hint_for, load_key_table
 from subbench.manifest import probe_input, read_manifest, sha256_bytes
 from subbench.profile import Profile
+from subbench.results import ResultMixin, from_plain
 from subbench.server_env import resolve_python
 
-from .safezip import safe_extract
+from subbench.local_bench.safezip import safe_extract
 
 # Names of files model.py may load: string literals with these endings.
 _WEIGHT_LITERAL = re.compile(r"""["']([\w./-]+\.(?:keras|h5|weights\.h5|npz|npy|json|pkl|joblib|onnx|tflite))["']""")
@@ -50,19 +51,34 @@ class CheckResult:
 
 
 @dataclass
-class CheckReport:
+class CheckReport(ResultMixin):
+    """Every check run on one zip, in order; `ok` when all passed. `failures` names the failed ones."""
     zip_path: str
     env: str
     python: str
     results: list[CheckResult]
 
+    file_stem = "check"
+
     @property
     def ok(self) -> bool:
         return all(r.ok for r in self.results)
 
-    def to_json(self) -> dict:
-        return {"zip": self.zip_path, "env": self.env, "python": self.python, "ok": self.ok,
-                "results": [asdict(r) for r in self.results]}
+    @property
+    def failures(self) -> list[str]:
+        return [r.name for r in self.results if not r.ok]
+
+    def to_dict(self) -> dict:
+        return {**super().to_dict(), "ok": self.ok}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "CheckReport":
+        return from_plain(cls, data)
+
+    def html(self) -> str:
+        from subbench.local_bench.report import render_check
+
+        return render_check(self)
 
 
 def _fail(name: str, cause: str, hint: str, **details) -> CheckResult:
@@ -124,24 +140,40 @@ def check_interface(source: str, profile: Profile) -> list[CheckResult]:
                             f"define `class {profile.class_name}:` with __init__(self) and predict(self, X)")]
     methods = {f.name: f for f in cls.body if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))}
 
-    def required(fn: ast.FunctionDef) -> list[str]:
-        args = fn.args.posonlyargs + fn.args.args
-        positional_required = [a.arg for a in args[: len(args) - len(fn.args.defaults)]]
-        kw_required = [a.arg for a, d in zip(fn.args.kwonlyargs, fn.args.kw_defaults) if d is None]
-        return positional_required + kw_required
+    def call_problem(args: ast.arguments, n_given: int) -> str:
+        """Why a method cannot be called on an instance with `n_given` positional arguments ("" when it can)."""
+        positional = [a.arg for a in args.posonlyargs + args.args]
+        if not positional and args.vararg is None:
+            return "takes no `self`"
+        # The instance fills the first positional slot (or *args); the caller's arguments come next.
+        slots = positional[1:] if positional else []
+        n_required = max(0, len(positional) - len(args.defaults) - 1) if positional else 0
+        if len(slots) < n_given and args.vararg is None:
+            return f"takes no positional argument besides self (parameters: {slots or 'none'})"
+        if n_required > n_given:
+            return f"requires {slots[n_given:n_required]}"
+        kw_required = [a.arg for a, d in zip(args.kwonlyargs, args.kw_defaults) if d is None]
+        if kw_required:
+            return f"requires keyword-only {kw_required}"
+        return ""
 
     init = methods.get("__init__")
-    if init is not None and required(init) != ["self"]:
-        out.append(_fail("BadInitSignature", f"{profile.class_name}.__init__ requires {required(init)[1:]}; "
-                         "the server calls Model() with no arguments",
-                         "load weights inside __init__(self) from files next to __file__"))
+    if init is not None:
+        problem = call_problem(init.args, n_given=0)
+        if problem:
+            out.append(_fail("BadInitSignature", f"{profile.class_name}.__init__ {problem}; the server calls "
+                             f"{profile.class_name}() with no arguments",
+                             "load weights inside __init__(self) from files next to __file__; give any other "
+                             "parameter a default"))
     predict = methods.get("predict")
     if predict is None:
         out.append(_fail("NoPredictMethod", f"{profile.class_name} has no predict method",
                          "define predict(self, X) returning (N,) integer labels"))
-    elif len(predict.args.posonlyargs + predict.args.args) < 2 or len(required(predict)) > 2:
-        out.append(_fail("BadPredictSignature", f"predict takes {required(predict)}; the server calls predict(X)",
-                         "define predict(self, X)"))
+    else:
+        problem = call_problem(predict.args, n_given=1)
+        if problem:
+            out.append(_fail("BadPredictSignature", f"predict {problem}; the server calls predict(X)",
+                             "define predict(self, X); give any other parameter a default"))
     if not out:
         out.append(CheckResult("interface", True))
     return out
@@ -207,7 +239,7 @@ def check_probe(folder: Path, profile: Profile, python: str, manifest: dict) -> 
 
 
 def check_live(folder: Path, profile: Profile, python: str, time_limit_s: float | None) -> list[CheckResult]:
-    from .runner import run_submission
+    from subbench.local_bench.runner import run_submission
 
     images = probe_input(profile, 8)
     result = run_submission(folder, images, n_classes=profile.num_classes, python=python,

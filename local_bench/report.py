@@ -1,7 +1,9 @@
-"""report.html: one self-contained page (figures embedded as base64 PNGs, inline CSS, no script, no network).
+"""The HTML views of the results: one self-contained fragment per result (figures embedded as base64 PNGs, CSS
+scoped under `.sbr`, no script, no network), shown inline by Jupyter/Colab through `_repr_html_` and wrapped into
+report.html by `save`.
 
-Built from the scores.json content plus, when available, the scored images and predictions (for the grid of
-misclassified images). Figures are drawn with matplotlib's object API (`Figure` + Agg canvas), which needs no
+A score's view is built from the typed `Score` (plus, when it holds them, the scored images and predictions for
+the grid of misclassified images); its words and the formatting of its numbers live here only. Figures are drawn with matplotlib's object API (`Figure` + Agg canvas), which needs no
 display and no global pyplot state.
 """
 
@@ -18,27 +20,31 @@ MAX_GRID = 40
 GRID_COLS = 8
 
 CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1100px;color:#222;
-padding:0 1rem}
-h1{font-size:1.5rem;margin-bottom:.2rem} h2{font-size:1.15rem;margin-top:2rem;border-bottom:1px solid #ddd}
-.sub{color:#666;margin-top:0}
-.headline{display:flex;gap:2.5rem;align-items:baseline;flex-wrap:wrap;margin:1rem 0}
-.score{font-size:3rem;font-weight:700;margin:0}
-.ci{color:#555}
-.status{display:inline-block;padding:.15rem .6rem;border-radius:.3rem;font-weight:600;color:#fff}
-.status.ok{background:#2e7d32} .status.bad{background:#c62828}
-.warn{background:#fff4e5;border-left:4px solid #ef6c00;padding:.5rem .8rem;margin:.4rem 0}
-table{border-collapse:collapse;margin:.5rem 0} td,th{border:1px solid #ddd;padding:.25rem .6rem;text-align:right}
-th{background:#f5f5f5} td:first-child,th:first-child{text-align:left}
-.bar{position:relative;height:28px;background:#eee;border-radius:4px;overflow:hidden;margin:.4rem 0 0}
-.seg{position:absolute;top:0;height:100%}
-.seg.start{background:#90a4ae}.seg.import{background:#7986cb}.seg.init{background:#4db6ac}.seg.predict{background:#ffb74d}
-.seg.projected{background:repeating-linear-gradient(45deg,#ffe0b2,#ffe0b2 6px,#fff3e0 6px,#fff3e0 12px)}
-.legend span{display:inline-block;margin-right:1rem;font-size:.9rem}
-.legend i{display:inline-block;width:.8rem;height:.8rem;margin-right:.3rem;vertical-align:middle}
-table.kv td:last-child{text-align:left}
-pre{background:#f7f7f7;padding:.6rem;overflow:auto;font-size:.8rem;max-height:20rem}
-img.fig{max-width:100%}
+.sbr{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1100px;color:#222;padding:0 1rem;
+margin:1rem auto;background:#fff}
+.sbr h1{font-size:1.5rem;margin-bottom:.2rem} .sbr h2{font-size:1.15rem;margin-top:2rem;border-bottom:1px solid #ddd}
+.sbr .sub{color:#666;margin-top:0}
+.sbr .headline{display:flex;gap:2.5rem;align-items:baseline;flex-wrap:wrap;margin:1rem 0}
+.sbr .score{font-size:3rem;font-weight:700;margin:0}
+.sbr .ci{color:#555}
+.sbr .status{display:inline-block;padding:.15rem .6rem;border-radius:.3rem;font-weight:600;color:#fff}
+.sbr .status.ok{background:#2e7d32} .sbr .status.bad{background:#c62828}
+.sbr .warn{background:#fff4e5;border-left:4px solid #ef6c00;padding:.5rem .8rem;margin:.4rem 0}
+.sbr .warn.loud{background:#fdecea;border-left-color:#c62828;font-weight:600}
+.sbr table{border-collapse:collapse;margin:.5rem 0}
+.sbr td,.sbr th{border:1px solid #ddd;padding:.25rem .6rem;text-align:right}
+.sbr th{background:#f5f5f5} .sbr td:first-child,.sbr th:first-child{text-align:left}
+.sbr .bar{position:relative;height:28px;background:#eee;border-radius:4px;overflow:hidden;margin:.4rem 0 0}
+.sbr .seg{position:absolute;top:0;height:100%}
+.sbr .seg.start{background:#90a4ae}.sbr .seg.import{background:#7986cb}.sbr .seg.init{background:#4db6ac}
+.sbr .seg.predict{background:#ffb74d}
+.sbr .seg.projected{background:repeating-linear-gradient(45deg,#ffe0b2,#ffe0b2 6px,#fff3e0 6px,#fff3e0 12px)}
+.sbr .legend span{display:inline-block;margin-right:1rem;font-size:.9rem}
+.sbr .legend i{display:inline-block;width:.8rem;height:.8rem;margin-right:.3rem;vertical-align:middle}
+.sbr table.kv td:last-child{text-align:left}
+.sbr pre{background:#f7f7f7;padding:.6rem;overflow:auto;font-size:.8rem;max-height:20rem}
+.sbr img.fig{max-width:100%}
+.sbr .pass{color:#2e7d32;font-weight:600} .sbr .fail{color:#c62828;font-weight:600}
 """
 
 
@@ -76,7 +82,7 @@ def per_class_png(per_class: dict) -> str:
     fig = Figure(figsize=(max(6.0, 1.0 * len(names)), 3.2))
     ax = fig.add_subplot()
     for i, key in enumerate(("precision", "recall", "f1")):
-        ax.bar(x + (i - 1) * 0.27, [per_class[n][key] for n in names], width=0.27, label=key)
+        ax.bar(x + (i - 1) * 0.27, [getattr(per_class[n], key) for n in names], width=0.27, label=key)
     ax.set_xticks(x, names, rotation=30, ha="right")
     ax.set_ylim(0, 1.25)
     ax.legend(loc="upper right", ncols=3)
@@ -102,12 +108,13 @@ def grid_png(images, y_true, y_pred, class_names, max_items: int = MAX_GRID) -> 
     return _png(fig)
 
 
-def clean_vs_corrupted_png(clean: dict, corrupted: dict, class_names) -> str:
+def clean_vs_corrupted_png(clean, corrupted, class_names) -> str:
+    """Bars of accuracy and per-class recall, clean against corrupted (two `Metrics`)."""
     from matplotlib.figure import Figure
 
     names = ["overall"] + list(class_names)
-    a = [clean["accuracy"]] + [clean["per_class"][n]["recall"] for n in class_names]
-    b = [corrupted["accuracy"]] + [corrupted["per_class"][n]["recall"] for n in class_names]
+    a = [clean.accuracy] + [clean.per_class[n].recall for n in class_names]
+    b = [corrupted.accuracy] + [corrupted.per_class[n].recall for n in class_names]
     x = np.arange(len(names))
     fig = Figure(figsize=(max(6.0, 0.9 * len(names)), 3.2))
     ax = fig.add_subplot()
@@ -121,12 +128,12 @@ def clean_vs_corrupted_png(clean: dict, corrupted: dict, class_names) -> str:
     return _png(fig)
 
 
-def robustness_png(rob: dict) -> str:
+def robustness_png(rob) -> str:
     from matplotlib.figure import Figure
 
-    names = list(rob["accuracy"])
-    sevs = [str(s) for s in rob["severities"]]
-    mat = np.array([[rob["accuracy"][n].get(s, np.nan) for s in sevs] for n in names])
+    names = list(rob.accuracy)
+    sevs = [str(s) for s in rob.severities]
+    mat = np.array([[rob.accuracy[n].get(s, np.nan) for s in sevs] for n in names])
     fig = Figure(figsize=(1.2 + 0.8 * len(sevs), 0.6 + 0.35 * len(names)))
     ax = fig.add_subplot()
     im = ax.imshow(mat, vmin=0, vmax=1, cmap="RdYlGn", aspect="auto")
@@ -148,12 +155,12 @@ def _fmt(v, digits=4) -> str:
     return html.escape(str(v))
 
 
-def _time_bar(timing: dict) -> str:
-    stages = timing.get("stages", {})
-    limit = timing.get("time_limit_s")
-    proj = timing.get("projection", {})
-    projected = proj.get("projected_s")
-    total = max([limit or 0, projected or 0, timing.get("elapsed_s", 0), 1e-9])
+def _time_bar(timing) -> str:
+    stages = timing.stages
+    limit = timing.time_limit_s
+    proj = timing.projection
+    projected = proj.projected_s if proj else None
+    total = max([limit or 0, projected or 0, timing.elapsed_s or 0, 1e-9])
     segs, left = [], 0.0
     for name in ("start", "import", "init", "predict"):
         if name in stages:
@@ -163,7 +170,7 @@ def _time_bar(timing: dict) -> str:
             left += w
     if projected and projected * 100.0 / total > left:
         segs.append(f'<div class="seg projected" style="left:{left:.3f}%;width:{projected * 100.0 / total - left:.3f}%"'
-                    f' title="projected for {proj.get("hidden_size")} images"></div>')
+                    f' title="projected for {proj.hidden_size} images"></div>')
     if limit:
         segs.append(f'<div style="position:absolute;left:calc({100.0 * limit / total:.3f}% - 2px);top:0;height:100%;'
                     f'width:2px;background:#c62828" title="time limit {limit:g} s"></div>')
@@ -171,98 +178,158 @@ def _time_bar(timing: dict) -> str:
                      for n in ("start", "import", "init", "predict") if n in stages)
     if projected:
         legend += (f'<span><i class="seg projected" style="position:static"></i>projected for '
-                   f'{proj.get("hidden_size")} images: {projected:.1f} s</span>')
+                   f'{proj.hidden_size} images: {projected:.1f} s</span>')
     if limit:
         legend += f'<span><i style="background:#c62828"></i>limit {limit:g} s</span>'
     return f'<div class="bar" id="time-bar">{"".join(segs)}</div><div class="legend">{legend}</div>'
 
 
-def render_report(scores: dict, images=None, y_true=None, y_pred=None) -> str:
-    """The HTML text of report.html."""
-    key = scores.get("leaderboard_key", "accuracy")
-    status = scores.get("status", "ok")
-    ok = status == "ok"
-    class_names = scores.get("class_names") or []
-    value = scores.get(key)
-    ci = scores.get("accuracy_ci95")
-    title = html.escape(scores.get("title") or "subbench score")
-    parts = [f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{title}</title>",
-             f"<style>{CSS}</style></head><body>",
-             f"<h1>{title}</h1><p class=\"sub\">{html.escape(scores.get('subtitle', ''))}</p>"]
-    score_text = f"{value:.4f}" if isinstance(value, (int, float)) else "–"
-    ci_text = (f"95% interval {ci[0]:.4f} – {ci[1]:.4f} (bootstrap, n = {scores.get('n')})"
-               if ok and ci else "")
-    parts.append(f'<div class="headline"><div><div class="sub">{html.escape(key)}</div>'
-                 f'<p class="score" id="score">{score_text}</p><div class="ci" id="ci">{ci_text}</div></div>'
-                 f'<div><div class="sub">status</div><span class="status {"ok" if ok else "bad"}" id="status">'
-                 f'{html.escape(status)}</span></div>')
-    if ok:
-        parts.append(f'<div><div class="sub">balanced accuracy</div><b>{_fmt(scores.get("balanced_accuracy"))}</b>'
-                     f'</div><div><div class="sub">macro F1</div><b>{_fmt(scores.get("macro_f1"))}</b></div>')
-    parts.append("</div>")
-    if not ok:
-        parts.append(f'<div class="warn"><b>{html.escape(status)}</b>: {html.escape(scores.get("message", ""))}</div>')
-    for w in scores.get("warnings", []):
-        parts.append(f'<div class="warn">{html.escape(w)}</div>')
+def _kv_table(rows) -> str:
+    return ("<table>" + "".join(f"<tr><td>{html.escape(a)}</td><td>{b}</td></tr>" for a, b in rows)
+            + "</table>")
 
-    timing = scores.get("timing", {})
-    parts.append("<h2>Time budget</h2>")
-    parts.append(_time_bar(timing))
-    rows = [("elapsed (one wall clock, process start to exit)", f"{timing.get('elapsed_s', 0):.2f} s")]
-    if timing.get("time_limit_s"):
-        rows.append(("time limit", f"{timing['time_limit_s']:g} s"))
-        rows.append(("margin (limit − elapsed)", f"{timing.get('margin_s', 0):.2f} s"))
-    if timing.get("per_image_ms") is not None:
-        rows.append(("per image (predict)", f"{timing['per_image_ms']:.3f} ms"))
-    proj = timing.get("projection")
+
+def _timing_section(score) -> str:
+    timing = score.timing
+    rows = [("elapsed (one wall clock, process start to exit)", f"{timing.elapsed_s:.2f} s")]
+    if timing.time_limit_s:
+        rows.append(("time limit", f"{timing.time_limit_s:g} s"))
+        rows.append(("margin (limit − elapsed)", f"{timing.margin_s or 0:.2f} s"))
+    if timing.per_image_ms is not None:
+        rows.append(("per image (predict)", f"{timing.per_image_ms:.3f} ms"))
+    proj = timing.projection
     if proj:
-        rows.append((f"projected for {proj['hidden_size']} images on a server {proj['server_speed']:g}× this "
-                     "machine's speed", f"{proj['projected_s']:.1f} s"
-                     + (f" (margin {proj['margin_s']:.1f} s)" if "margin_s" in proj else "")))
-    mem = scores.get("peak_memory_mb")
+        rows.append((f"projected for {proj.hidden_size} images on a server {proj.server_speed:g}× this "
+                     "machine's speed", f"{proj.projected_s:.1f} s"
+                     + (f" (margin {proj.margin_s:.1f} s)" if proj.margin_s is not None else "")))
+    mem = score.peak_memory_mb
     rows.append(("peak resident memory", f"{mem:.0f} MB" if mem else "–"))
-    if scores.get("memory_limit_mb"):
-        rows.append(("memory limit", f"{scores['memory_limit_mb']:g} MB"))
-    parts.append("<table>" + "".join(f"<tr><td>{html.escape(a)}</td><td>{b}</td></tr>" for a, b in rows)
-                 + "</table>")
+    if score.memory_limit_mb:
+        rows.append(("memory limit", f"{score.memory_limit_mb:g} MB"))
+    return "<h2>Time budget</h2>" + _time_bar(timing) + _kv_table(rows)
 
-    if ok and "confusion_matrix" in scores:
-        parts.append("<h2>Confusion matrix</h2>" + _img(confusion_png(scores["confusion_matrix"], class_names),
-                                                          "confusion matrix"))
-        parts.append("<h2>Per class</h2>" + _img(per_class_png(scores["per_class"]), "per-class bars"))
-        table = ["<table><tr><th>class</th><th>precision</th><th>recall</th><th>F1</th><th>support</th></tr>"]
-        for name, m in scores["per_class"].items():
-            table.append(f"<tr><td>{html.escape(name)}</td><td>{m['precision']:.3f}</td><td>{m['recall']:.3f}</td>"
-                         f"<td>{m['f1']:.3f}</td><td>{m['support']}</td></tr>")
-        parts.append("".join(table) + "</table>")
-    if ok and images is not None and y_true is not None and y_pred is not None:
-        grid = grid_png(images, y_true, y_pred, class_names)
-        n_wrong = int((np.asarray(y_true) != np.asarray(y_pred)).sum())
+
+def _metrics_section(score) -> str:
+    m = score.metrics
+    parts = ["<h2>Confusion matrix</h2>" + _img(confusion_png(m.confusion_matrix, score.class_names),
+                                                "confusion matrix"),
+             "<h2>Per class</h2>" + _img(per_class_png(m.per_class), "per-class bars")]
+    table = ["<table><tr><th>class</th><th>precision</th><th>recall</th><th>F1</th><th>support</th></tr>"]
+    for name, c in m.per_class.items():
+        table.append(f"<tr><td>{html.escape(name)}</td><td>{c.precision:.3f}</td><td>{c.recall:.3f}</td>"
+                     f"<td>{c.f1:.3f}</td><td>{c.support}</td></tr>")
+    parts.append("".join(table) + "</table>")
+    if score.images is not None and score.labels is not None and score.predictions is not None:
+        grid = grid_png(score.images, score.labels, score.predictions, score.class_names)
+        n_wrong = int((np.asarray(score.labels) != np.asarray(score.predictions)).sum())
         parts.append(f"<h2>Misclassified images ({n_wrong}, first {min(n_wrong, MAX_GRID)} shown; "
                      "T true, P predicted)</h2>")
         parts.append(_img(grid, "misclassified images") if grid else "<p>None: every image is right.</p>")
-    clean = scores.get("clean")
-    if ok and clean and "per_class" in clean:
-        parts.append("<h2>Clean vs simulated hidden set</h2>")
-        parts.append(f"<p>clean accuracy <b>{clean['accuracy']:.4f}</b>, corrupted ({html.escape(str(scores.get('scored_on', {}).get('simulate_hidden')))}) "
-                     f"<b>{scores[key]:.4f}</b>, gap <b id=\"gap\">{clean.get('gap', 0):+.4f}</b></p>")
-        parts.append(_img(clean_vs_corrupted_png(clean, scores, class_names), "clean vs corrupted"))
-    rob = scores.get("robustness")
-    if rob and rob.get("accuracy"):
-        parts.append("<h2>Robustness suite</h2>")
-        rce = rob.get("relative_corruption_error")
-        parts.append(f"<p>clean accuracy {rob['clean_accuracy']:.4f}; mean corruption accuracy (mCA) "
-                     f"<b>{rob['mean_corruption_accuracy']:.4f}</b>; relative corruption error (rCE) "
-                     f"<b>{'undefined' if rce is None else f'{rce:.3f}'}</b>, on {rob.get('n', '?')} images per "
-                     f"corruption and severity.<br><small>{html.escape(rob['formula'])}</small></p>")
-        parts.append(_img(robustness_png(rob), "robustness heatmap"))
-    if scores.get("stderr_tail") and not ok:
+    return "".join(parts)
+
+
+def _clean_section(score) -> str:
+    clean = score.clean
+    if clean.metrics is None:
+        return (f'<h2>Clean vs simulated hidden set</h2><div class="warn">the clean run failed: '
+                f'{html.escape(str(clean.status))} {html.escape(clean.message)}</div>')
+    return ("<h2>Clean vs simulated hidden set</h2>"
+            f"<p>clean accuracy <b id=\"clean\">{clean.metrics.accuracy:.4f}</b>, corrupted "
+            f"({html.escape(str(score.scored_on.simulate_hidden))}) <b>{score.metrics.accuracy:.4f}</b>, gap "
+            f"<b id=\"gap\">{clean.gap:+.4f}</b></p>"
+            + _img(clean_vs_corrupted_png(clean.metrics, score.metrics, score.class_names), "clean vs corrupted"))
+
+
+def _robustness_section(rob) -> str:
+    from subbench.local_bench.scorer import RCE_FORMULA
+
+    if not _is_ok(rob.status):
+        return (f'<h2>Robustness suite</h2><div class="warn">the suite run failed: {html.escape(str(rob.status))} '
+                f'{html.escape(rob.message)}</div>')
+    rce = rob.relative_corruption_error
+    return ("<h2>Robustness suite</h2>"
+            f"<p>clean accuracy {rob.clean_accuracy:.4f}; mean corruption accuracy (mCA) "
+            f"<b>{rob.mean_corruption_accuracy:.4f}</b>; relative corruption error (rCE) "
+            f"<b>{'undefined' if rce is None else f'{rce:.3f}'}</b>, on {rob.n} images per "
+            f"corruption and severity.<br><small>{html.escape(RCE_FORMULA)}</small></p>"
+            + _img(robustness_png(rob), "robustness heatmap"))
+
+
+def _is_ok(status) -> bool:
+    return str(status) == "ok"
+
+
+def _subtitle(score) -> str:
+    so = score.scored_on
+    part = f"held-out split (from {so.split_source})" if so.part == "holdout" else "every image"
+    text = f"profile {score.profile} · {score.created} · {so.n} images of {so.data}, {part}"
+    return text + (f" · simulated hidden set ({so.simulate_hidden}, seed {so.seed})" if so.simulate_hidden else "")
+
+
+def render_fragment(score) -> str:
+    """The report of a `Score` as one self-contained <div> (what report.html and a notebook show)."""
+    ok = _is_ok(score.status)
+    key = score.leaderboard_key
+    parts = [f'<div class="sbr"><style>{CSS}</style>',
+             f"<h1>subbench score: {html.escape(score.name)}</h1><p class=\"sub\">{html.escape(_subtitle(score))}</p>"]
+    score_text = f"{score.value:.4f}" if isinstance(score.value, (int, float)) else "–"
+    ci = score.metrics.accuracy_ci95 if score.metrics else None
+    ci_text = f"95% interval {ci[0]:.4f} – {ci[1]:.4f} (bootstrap, n = {score.n})" if ok and ci else ""
+    parts.append(f'<div class="headline"><div><div class="sub">{html.escape(key)}</div>'
+                 f'<p class="score" id="score">{score_text}</p><div class="ci" id="ci">{ci_text}</div></div>'
+                 f'<div><div class="sub">status</div><span class="status {"ok" if ok else "bad"}" id="status">'
+                 f'{html.escape(str(score.status))}</span></div>')
+    if ok:
+        parts.append(f'<div><div class="sub">balanced accuracy</div><b>{_fmt(score.metrics.balanced_accuracy)}</b>'
+                     f'</div><div><div class="sub">macro F1</div><b>{_fmt(score.metrics.macro_f1)}</b></div>')
+        if score.clean and score.clean.metrics:
+            parts.append(f'<div><div class="sub">clean</div><b>{_fmt(score.clean.metrics.accuracy)}</b></div>')
+    parts.append("</div>")
+    if not ok:
+        parts.append(f'<div class="warn"><b>{html.escape(str(score.status))}</b>: {html.escape(score.message)}</div>')
+    for w in score.warnings:
+        parts.append(f'<div class="warn{" loud" if w.startswith("LEAKAGE") else ""}">{html.escape(w)}</div>')
+    parts.append(_timing_section(score))
+    if ok and score.metrics:
+        parts.append(_metrics_section(score))
+    if ok and score.clean:
+        parts.append(_clean_section(score))
+    if score.robustness:
+        parts.append(_robustness_section(score.robustness))
+    if score.stderr_tail and not ok:
         parts.append("<h2>Last lines of the submission's stderr</h2>")
-        parts.append(f"<pre>{html.escape(scores['stderr_tail'])}</pre>")
+        parts.append(f"<pre>{html.escape(score.stderr_tail)}</pre>")
     parts.append('<h2>Environment and data</h2><table class="kv">')
-    env = dict(scores.get("environment", {}))
-    for k, v in list(env.items()) + [(f"data: {k}", v) for k, v in scores.get("scored_on", {}).items()]:
-        parts.append(f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(json.dumps(v) if isinstance(v, (dict, list)) else str(v))}</td></tr>")
-    parts.append("</table>")
-    parts.append("</body></html>")
+    so = score.to_dict()["scored_on"]
+    for k, v in list(score.environment.items()) + [(f"data: {k}", v) for k, v in so.items()]:
+        parts.append(f"<tr><td>{html.escape(str(k))}</td><td>"
+                     f"{html.escape(json.dumps(v) if isinstance(v, (dict, list)) else str(v))}</td></tr>")
+    parts.append("</table></div>")
     return "\n".join(parts)
+
+
+def render_leaderboard(board) -> str:
+    """A `Leaderboard` as a scoped HTML table."""
+    rows = board.table()
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in rows[0])
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows[1:])
+    warn = f'<div class="warn">{html.escape(board.warning)}</div>' if board.warning else ""
+    return (f'<div class="sbr"><style>{CSS}</style><h2>Local leaderboard</h2>{warn}'
+            f'<table id="leaderboard"><tr>{head}</tr>{body}</table></div>')
+
+
+def render_check(report) -> str:
+    """A `CheckReport` as a scoped HTML list of checks, failures with their cause and hint."""
+    items = []
+    for r in report.results:
+        if r.ok:
+            items.append(f'<tr><td class="pass">PASS</td><td>{html.escape(r.name)}</td><td></td></tr>')
+        else:
+            hint = f"<br><i>hint: {html.escape(r.hint)}</i>" if r.hint else ""
+            items.append(f'<tr><td class="fail">FAIL</td><td>{html.escape(r.name)}</td>'
+                         f"<td>{html.escape(r.cause)}{hint}</td></tr>")
+    verdict = "all checks passed" if report.ok else "checks failed"
+    return (f'<div class="sbr"><style>{CSS}</style><h2>subbench check: {html.escape(str(report.zip_path))}</h2>'
+            f'<p class="sub">{report.env} environment: {html.escape(report.python)}</p>'
+            f'<p class="{"pass" if report.ok else "fail"}" id="verdict">{verdict}</p>'
+            f'<table class="kv">{"".join(items)}</table></div>')

@@ -170,3 +170,86 @@ def image_hashes(images: np.ndarray) -> list[str]:
     import hashlib
 
     return [hashlib.blake2b(np.ascontiguousarray(img).tobytes(), digest_size=8).hexdigest() for img in images]
+
+
+# ------------------------------------------------------------------------------------------------ demo data
+# A balanced subset of the public PBC images (CC BY 4.0, credited in demo_data/LICENSE.txt), shipped inside the
+# package so that `subbench demo` and the tests run on real cells without a download. Made by
+# subbench/data/demo_subset.py; the package folder is only ever read.
+DEMO_ZIP = "pbc96_demo.zip"
+DEMO_ATTRIBUTION = "LICENSE.txt"
+DEMO_NPZ = "pbc96_demo.npz"
+
+
+def _demo_resource(name: str):
+    from importlib import resources
+
+    return resources.files("subbench") / "demo_data" / name
+
+
+def demo_attribution() -> str:
+    """The demo images' source, licence (CC BY 4.0) and changes made: show it wherever the images are used."""
+    return _demo_resource(DEMO_ATTRIBUTION).read_text(encoding="utf-8")
+
+
+def demo(profile: Profile | None = None) -> Dataset:
+    """The shipped demo set: real PBC blood-cell crops, 96x96 RGB uint8, the same number per class.
+
+    Images in the zip's order (class folder, then file name sorted); labels through the profile's class names
+    and aliases (`ig` = immature granulocyte); `names` are the zip entries (`<class>/<file>.jpg`). No image is
+    repeated (decoded pixels), so any split of it is free of exact leakage.
+    """
+    from io import BytesIO
+
+    from PIL import Image
+
+    if profile is None:
+        from .profile import load_profile
+
+        profile = load_profile()
+    where = f"subbench demo data ({DEMO_ZIP})"
+    res = _demo_resource(DEMO_ZIP)
+    try:
+        with res.open("rb") as f, zipfile.ZipFile(f) as zf:
+            entries = sorted(n for n in zf.namelist()
+                             if "/" in n and Path(n).suffix.lower() in IMAGE_SUFFIXES)
+            blobs = [zf.read(n) for n in entries]
+    except (OSError, zipfile.BadZipFile) as exc:
+        raise DataError(f"{where} is missing or unreadable ({exc})",
+                        "reinstall subbench (the demo zip ships as package data)") from None
+    try:
+        labels = np.asarray([profile.class_index(n.split("/", 1)[0]) for n in entries], dtype=np.int64)
+    except ProfileError as exc:
+        raise DataError(f"{where}: {exc.cause}", "use a profile with the AN2DL blood-cell classes") from None
+
+    def decode(blob: bytes) -> np.ndarray:
+        with Image.open(BytesIO(blob)) as img:
+            return np.asarray(img.convert("RGB"), dtype=np.uint8)
+
+    with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) * 2)) as pool:
+        images = list(pool.map(decode, blobs))
+    if not images:
+        raise DataError(f"{where} holds no images", "reinstall subbench")
+    images = np.stack(images)
+    _check_images(images, where, profile)
+    return Dataset(images, labels, f"subbench demo: {len(labels)} PBC images (CC BY 4.0, see LICENSE.txt)",
+                   list(entries))
+
+
+def demo_path(dest: str | os.PathLike, profile: Profile | None = None, force: bool = False) -> Path:
+    """Write the demo set as an AN2DL-style npz for commands that take a data path; returns the npz's path.
+
+    `dest` is the npz file, or an existing folder to write `pbc96_demo.npz` into; nothing else is written (the
+    npz carries `names` and the `attribution` text too). An existing file is replaced only with force.
+    """
+    from .atomic import atomic_path
+
+    target = Path(dest)
+    if target.is_dir():
+        target = target / DEMO_NPZ
+    ds = demo(profile)
+    with atomic_path(target, force=force) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, images=ds.images, labels=ds.labels, names=np.asarray(ds.names),
+                     attribution=np.asarray(demo_attribution()))
+    return target

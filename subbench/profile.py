@@ -18,6 +18,8 @@ else:  # pragma: no cover - Python 3.10
 from .errors import ProfileError
 
 DEFAULT_PROFILE = "an2dl-2024"
+# The metrics a profile may name: those `subbench score` computes (sklearn's, in local_bench.scorer).
+METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
 
 
 @dataclass(frozen=True)
@@ -97,6 +99,10 @@ def load_profile(name_or_path: str | Path | None = None) -> Profile:
         if len(names) < 2:
             raise ValueError("classes.names needs at least two classes")
         server = raw["server"]
+        metric = str(raw["output"].get("metric", "accuracy"))
+        if metric not in METRICS:
+            raise ProfileError(f"profile {path}: output.metric {metric!r} is not a metric subbench computes",
+                               f"use one of {', '.join(METRICS)}")
         keys_file = server.get("keras_keys")
         return Profile(
             name=str(raw["name"]),
@@ -106,7 +112,7 @@ def load_profile(name_or_path: str | Path | None = None) -> Profile:
             input_range=tuple(float(v) for v in raw["input"].get("range", [0, 255])),  # type: ignore[arg-type]
             class_names=names,
             class_aliases=dict(raw["classes"].get("aliases", {})),
-            metric=str(raw["output"].get("metric", "accuracy")),
+            metric=metric,
             leaderboard_key=str(raw["output"].get("leaderboard_key", "accuracy")),
             entry=str(raw["submission"].get("entry", "model.py")),
             class_name=str(raw["submission"].get("class_name", "Model")),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import stat
+import sys
 import zipfile
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import pytest
 
 from conftest import run_cli, tiny_model, write_zip
 from subbench.builder.package import package_files, template_source
-from subbench.local_bench.check import check_zip
+from subbench.local_bench.check import check_interface, check_live, check_zip
 from subbench.profile import load_profile
 
 PROFILE = load_profile()
@@ -214,3 +215,99 @@ def test_not_a_zip(tmp_path):
     write_zip(tmp_path / "whole.zip", {"model.py": "x" * 5000})
     truncated.write_bytes((tmp_path / "whole.zip").read_bytes()[:-30])
     assert failures(check_zip(truncated, PROFILE)) == ["NotAZipError"]
+
+
+
+# ------------------------------------------------------------------------------------------------- interface
+def _interface(init: str | None, predict: str | None = "self, X") -> list[str]:
+    body = ""
+    if init is not None:
+        body += f"    def __init__({init}):\n        pass\n"
+    if predict is not None:
+        body += f"    def predict({predict}):\n        return X\n"
+    return [r.name for r in check_interface(f"class Model:\n{body or '    pass'}\n", PROFILE) if not r.ok]
+
+
+@pytest.mark.parametrize("init", [
+    None,                                   # no __init__: object's
+    "self",
+    "self, path=None",                      # only defaulted parameters: Model() works
+    "self, path=None, tta=('identity',)",
+    "self, *args, **kwargs",
+    "self, *, batch_size=64",
+    "*args",                                # self taken by *args
+    "self, /, path=None",
+])
+def test_init_callable_without_arguments_is_accepted(init):
+    assert _interface(init) == []
+
+
+@pytest.mark.parametrize("init", [
+    "self, path",                           # a required extra parameter
+    "self, path, tta=None",
+    "self, *, path",                        # a required keyword-only parameter
+    "self, *args, path",
+    "",                                     # not even self
+])
+def test_init_the_server_cannot_call_is_refused(init):
+    assert _interface(init) == ["BadInitSignature"]
+
+
+@pytest.mark.parametrize("predict", [
+    "self, X",
+    "self, X, batch_size=64",               # extra defaulted parameters
+    "self, X=None",
+    "self, X, *, verbose=0",
+    "self, *args",
+    "self, X, *args, **kwargs",
+    "self, X, /",
+])
+def test_predict_callable_with_x_is_accepted(predict):
+    assert _interface("self", predict) == []
+
+
+@pytest.mark.parametrize("predict", [
+    "self",                                 # no positional X
+    "self, *, X",                           # X only by keyword
+    "self, X, batch_size",                  # a required extra parameter
+    "self, X, *, batch_size",               # a required keyword-only parameter
+    "self, **kwargs",
+    "",
+])
+def test_predict_the_server_cannot_call_is_refused(predict):
+    assert _interface("self", predict) == ["BadPredictSignature"]
+
+
+def test_interface_messages_name_what_is_required():
+    init = next(r for r in check_interface("class Model:\n    def __init__(self, path, *, k):\n        pass\n"
+                                           "    def predict(self, X):\n        pass\n", PROFILE) if not r.ok)
+    assert "['path']" in init.cause and "Model()" in init.cause and init.hint
+    predict = next(r for r in check_interface("class Model:\n    def predict(self, X, y):\n        pass\n", PROFILE)
+                   if not r.ok)
+    assert "['y']" in predict.cause and "predict(X)" in predict.cause
+    assert _interface(None, None) == ["NoPredictMethod"]
+
+
+def test_defaulted_init_zip_passes_the_whole_check(tmp_path):
+    src = NUMPY_MODEL.format(body="np.zeros(len(X), dtype=np.int64)").replace(
+        "def __init__(self):", "def __init__(self, path=None):").replace(
+        "def predict(self, X):", "def predict(self, X, batch_size=64):")
+    z = write_zip(tmp_path / "defaults.zip", {"model.py": src})
+    report = check_zip(z, PROFILE)
+    assert report.ok, [(r.name, r.cause) for r in report.results if not r.ok]
+
+
+# ------------------------------------------------------------------------------------------------- stderr tail
+def test_live_check_stderr_tail_ends_with_the_submission_s_error(tmp_path):
+    src = ("import sys\nclass Model:\n    def __init__(self):\n"
+           "        sys.stderr.write('I0000 00:00:1731579154.5   12345 cpu_feature_guard.cc:210] This TensorFlow "
+           "binary is optimized\\n')\n"
+           "        raise OSError('weights.keras is missing')\n"
+           "    def predict(self, X):\n        return X\n")
+    folder = tmp_path / "sub"
+    folder.mkdir()
+    (folder / "model.py").write_text(src)
+    [result] = check_live(folder, PROFILE, sys.executable, 60)
+    assert result.name == "Init_Error" and not result.ok
+    tail = result.details["stderr_tail"].splitlines()
+    assert tail[-1] == "OSError: weights.keras is missing" and not any("cpu_feature_guard" in t for t in tail)

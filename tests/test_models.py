@@ -1,4 +1,6 @@
-"""builder.models: every backbone builds, preprocessing inside the model equals Keras', heads, weights, freezing.
+"""The model modules of subbench.builder (backbones, preprocessing, custom_cnn, input_branches, weights, heads,
+models): every backbone builds, preprocessing inside the model equals Keras', input branches, heads, weights,
+freezing.
 
 Real TensorFlow throughout. The default run builds each backbone name once (the smallest of each family also
 trains one step); the largest backbones are in the slow stage. No download is attempted: "imagenet" is tested
@@ -18,15 +20,21 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
-from subbench.builder import models as M  # noqa: E402
-from subbench.builder.models import (  # noqa: E402
-    BACKBONES, HeadConfig, ModelConfigError, WeightsFileError, WeightsUnavailableError, build_model,
-    save_backbone_weights, set_backbone_trainable,
-)
+from subbench.builder.backbones import BACKBONES, BackboneSpec, ModelConfigError  # noqa: E402
+from subbench.builder.custom_cnn import custom_cnn  # noqa: E402
 from subbench.builder.export import export_model  # noqa: E402
+from subbench.builder.heads import HeadConfig  # noqa: E402
+from subbench.builder.input_branches import (  # noqa: E402
+    INPUT_BRANCHES, InputBranchError, InputBranches,
+)
+from subbench.builder.models import BuiltModel, build_model, set_backbone_trainable  # noqa: E402
+from subbench.builder.preprocessing import IMAGENET_MEAN_RGB, IMAGENET_STD_RGB  # noqa: E402
+from subbench.builder.weights import (  # noqa: E402
+    WeightsFileError, WeightsUnavailableError, efficientnet_v1_stats_fix, keras_cache_dir, save_backbone_weights,
+)
 from subbench.keras_compat import find_problems, read_key_table  # noqa: E402
 
-ISSUE_NAMES = (["convnext_tiny", "convnext_small", "convnext_base", "convnext_large", "convnext_xlarge"]
+ALL_NAMES = (["convnext_tiny", "convnext_small", "convnext_base", "convnext_large", "convnext_xlarge"]
                + [f"efficientnet_b{i}" for i in range(8)]
                + [f"efficientnetv2_{v}" for v in ("b0", "b1", "b2", "b3", "s", "m", "l")]
                + ["resnet50v2", "vgg16", "mobilenetv3_small", "mobilenetv3_large", "densenet121", "inception_v3",
@@ -38,13 +46,13 @@ SMALLEST = {"convnext": "convnext_tiny", "efficientnet": "efficientnet_b0", "eff
 # Slow stage: hundreds of MB of weights and 8-20 s each to build on 2 cores.
 LARGE = ["convnext_large", "convnext_xlarge", "efficientnet_b5", "efficientnet_b6", "efficientnet_b7",
          "efficientnetv2_m", "efficientnetv2_l"]
-OTHERS = [n for n in ISSUE_NAMES if n not in SMALLEST.values() and n not in LARGE]
+OTHERS = [n for n in ALL_NAMES if n not in SMALLEST.values() and n not in LARGE]
 BLOCKING = {"lambda", "training_only", "missing_class", "custom_class"}
 
-_CACHE: dict[str, M.BuiltModel] = {}
+_CACHE: dict[str, BuiltModel] = {}
 
 
-def smallest(name: str) -> M.BuiltModel:
+def smallest(name: str) -> BuiltModel:
     """One build per name per session (building is the slow part); preprocessing layers never change."""
     if name not in _CACHE:
         _CACHE[name] = build_model(name)
@@ -61,8 +69,8 @@ def one_hot(n: int, k: int = 8, seed: int = 0) -> np.ndarray:
 
 # ------------------------------------------------------------------------------------------------ registry
 
-def test_registry_has_every_name_of_the_issue_and_nothing_else():
-    assert sorted(BACKBONES) == sorted(ISSUE_NAMES)
+def test_registry_has_every_supported_name_and_nothing_else():
+    assert sorted(BACKBONES) == sorted(ALL_NAMES)
     assert {s.family for s in BACKBONES.values()} == set(SMALLEST)
     for spec in BACKBONES.values():
         assert spec.preprocessing in ("caffe", "tf", "torch", "builtin", "standardize")
@@ -85,7 +93,7 @@ def test_unknown_backbone_and_too_small_input_are_named_errors():
 
 # ------------------------------------------------------------------------------------- build and train
 
-def _assert_io(built: M.BuiltModel) -> None:
+def _assert_io(built: BuiltModel) -> None:
     assert tuple(built.model.input.shape) == (None, 96, 96, 3)
     assert tuple(built.model.output.shape) == (None, 8)
     assert built.model.output.dtype == "float32"
@@ -131,7 +139,7 @@ def test_every_other_backbone_builds_with_the_profile_input(name):
 
 # ---------------------------------------------------------------------------------------- preprocessing
 
-def _reference(spec: M.BackboneSpec, x: np.ndarray) -> np.ndarray:
+def _reference(spec: BackboneSpec, x: np.ndarray) -> np.ndarray:
     if spec.keras_module is None:       # custom_cnn: per-image standardisation (numpy, by hand: the reference)
         mean = x.mean(axis=(1, 2, 3), keepdims=True)
         return (x - mean) / np.sqrt(x.var(axis=(1, 2, 3), keepdims=True) + 1.0)
@@ -166,7 +174,7 @@ def test_edge_channels_are_sobel_magnitudes_that_ignore_brightness_and_inversion
     """Channels 4-9: |Sobel x| and |Sobel y| of R, G, B ('valid', of the image resized to 66 px), standardised;
     channels 1-3: the image resized to 64 px, standardised. Adding a brightness or inverting the image leaves
     channels 4-9 as they were."""
-    built = build_model("custom_cnn", input_size=64, edge_channels=True)
+    built = build_model("custom_cnn", input_size=64, inputs=InputBranches.from_names(["edges"]))
     assert built.model.input_shape == (None, 96, 96, 3) and built.backbone.input_shape == (None, 64, 64, 9)
     assert built.model.output_shape == (None, 8)
     assert all(not layer.trainable for layer in built.preprocess_layers)
@@ -187,7 +195,7 @@ def test_edge_channels_are_sobel_magnitudes_that_ignore_brightness_and_inversion
 
 
 def _soft_equalized(x: np.ndarray, knots: int = 17) -> np.ndarray:
-    """numpy's reading of _equalized_channels' estimate: hat weights on `knots` grey levels, their image means the
+    """numpy's reading of equalized_channels' estimate: hat weights on `knots` grey levels, their image means the
     histogram, F_k = sum_{j<k} h_j + h_k / 2, each pixel F read back through its hat weights; to -1..1."""
     t = np.linspace(0, 255, knots)
     w = np.maximum(0.0, 1.0 - np.abs(x[..., None].astype(np.float64) - t) / (255 / (knots - 1)))
@@ -203,7 +211,7 @@ def test_equalized_channels_are_each_colours_soft_cdf_and_ignore_equalize():
     from subbench.corrupt import kcv_ops
     from subbench.data.synthetic import cell_like_images
 
-    built = build_model("custom_cnn", input_size=64, edge_channels=True, equalized_channels=True)
+    built = build_model("custom_cnn", input_size=64, inputs=InputBranches.from_names("equalized,edges"))
     assert built.backbone.input_shape == (None, 64, 64, 12) and built.model.output_shape == (None, 8)
     assert all(not layer.trainable for layer in built.preprocess_layers)
     x = cell_like_images(4, seed=1)[0].astype("float32")
@@ -221,10 +229,28 @@ def test_equalized_channels_are_each_colours_soft_cdf_and_ignore_equalize():
         assert eq_change < image_change / 3, (op.__name__, eq_change, image_change)   # 0.20 vs 0.73 for equalize
 
 
-@pytest.mark.parametrize("option", ["edge_channels", "equalized_channels"])
-def test_extra_channels_need_a_standardised_backbone(option):
-    with pytest.raises(ModelConfigError, match=f"{option} needs a backbone with per-image standardisation"):
-        build_model("mobilenetv3_small", **{option: True})
+@pytest.mark.parametrize("branch", sorted(INPUT_BRANCHES))
+def test_input_branches_need_a_standardised_backbone(branch):
+    with pytest.raises(ModelConfigError, match=f"input branch {branch} needs a backbone with per-image "
+                                               "standardisation"):
+        build_model("mobilenetv3_small", inputs=InputBranches.from_names([branch]))
+
+
+def test_input_branches_are_one_value_read_from_names():
+    """Registry order whatever the order given (it is the model's channel order), "none" for no branch, and an
+    unknown name a named error with a hint listing the known ones."""
+    both = InputBranches.from_names("equalized, edges")
+    assert both == InputBranches.from_names(["edges", "equalized"]) == InputBranches(("edges", "equalized"))
+    assert both.names() == tuple(INPUT_BRANCHES) and both.describe() == "edges,equalized"
+    assert both.channels == 9 and "edges" in both and [b.name for b in both] == ["edges", "equalized"]
+    for nothing in ("none", "", [], None):
+        assert not InputBranches.from_names(nothing) and InputBranches.from_names(nothing).describe() == "none"
+    assert InputBranches.from_names(both) is both
+    with pytest.raises(InputBranchError, match="unknown input branch 'sobel'") as err:
+        InputBranches.from_names("edges,sobel")
+    assert "edges, equalized" in err.value.hint and err.value.exit_code == 2
+    with pytest.raises(InputBranchError, match="none goes alone"):
+        InputBranches.from_names("none,edges")
 
 
 def _leading_preprocessing(backbone, x):
@@ -250,9 +276,9 @@ def test_efficientnet_weights_with_imagenet_statistics_get_the_missing_rescaling
     """EfficientNet v1 keeps ImageNet std in its Normalization variance; Keras adds a Rescaling only for
     weights="imagenet". A PATH file holding those statistics must give torch-mode inputs too."""
     src = build_model("efficientnet_b0")
-    assert M._efficientnet_v1_stats_fix(src.backbone) is None   # trained from scratch: statistics 0/1, no fix
+    assert efficientnet_v1_stats_fix(src.backbone) is None   # trained from scratch: statistics 0/1, no fix
     norm = next(l for l in src.backbone.layers if isinstance(l, keras.layers.Normalization))
-    norm.set_weights([np.array(M.IMAGENET_MEAN_RGB, "float32"), np.array(M.IMAGENET_STD_RGB, "float32"),
+    norm.set_weights([np.array(IMAGENET_MEAN_RGB, "float32"), np.array(IMAGENET_STD_RGB, "float32"),
                       np.array(0)])
     path = save_backbone_weights(src, tmp_path / "effb0.weights.h5")
     built = build_model("efficientnet_b0", weights=str(path))
@@ -336,7 +362,7 @@ def offline(monkeypatch):
 
 
 def _skip_if_cached(spec):
-    target = M.keras_cache_dir() / spec.weights_file
+    target = keras_cache_dir() / spec.weights_file
     if target.exists():
         pytest.skip(f"{target} is cached: imagenet weights load without a download here")
     return target
@@ -489,14 +515,14 @@ def _train_steps(model, x, y, steps=3):
 
 
 def test_fused_batchnorm_trains_exactly_like_keras_batchnorm_and_exports_as_it(tmp_path):
-    """custom_cnn trains with TF's fused BatchNorm kernel (speed, see models.py): same outputs, gradients and
+    """custom_cnn trains with TF's fused BatchNorm kernel (speed, see builder/custom_cnn.py): same outputs, gradients and
     moving statistics as keras.layers.BatchNormalization within float32 round-off, and export writes the Keras
     class (a server without subbench loads it)."""
     x, y = images(8, 32, seed=3), one_hot(8, seed=3)
     keras.utils.set_random_seed(0)
-    fused = M.custom_cnn(input_shape=(32, 32, 3), widths=(8, 16, 16, 16), name="f")
+    fused = custom_cnn(input_shape=(32, 32, 3), widths=(8, 16, 16, 16), name="f")
     keras.utils.set_random_seed(0)
-    plain = M.custom_cnn(input_shape=(32, 32, 3), widths=(8, 16, 16, 16), name="p", fused_batchnorm=False)
+    plain = custom_cnn(input_shape=(32, 32, 3), widths=(8, 16, 16, 16), name="p", fused_batchnorm=False)
     assert {type(l).__name__ for l in fused.layers} >= {"FusedBatchNormalization"}
     assert "FusedBatchNormalization" not in {type(l).__name__ for l in plain.layers}
     plain.set_weights(fused.get_weights())
@@ -550,7 +576,7 @@ def test_one_model_per_family_loads_on_the_server_keras(tmp_path):
         keras.backend.clear_session()
     # the cpu recipe's input (96 px resized to 64 inside) with the edge channels (a frozen Sobel DepthwiseConv2D)
     # and the equalised ones (frozen Conv2D ramps, Dense, Reshape, Dot)
-    built = build_model("custom_cnn", input_size=64, edge_channels=True, equalized_channels=True)
+    built = build_model("custom_cnn", input_size=64, inputs=InputBranches.from_names(["edges", "equalized"]))
     export_model(built.model, tmp_path / "custom_cnn_edges.keras", table)
     np.save(tmp_path / "custom_cnn_edges.npy", built.model.predict(x, verbose=0))
     script = ("import sys, glob, numpy as np, keras\n"

@@ -23,7 +23,7 @@ import pytest
 from conftest import write_zip
 from subbench.local_bench import scorer
 from subbench.local_bench.evaluate import ScoreOptions, evaluate, write_outputs
-from subbench.local_bench.report import render_report
+from subbench.local_bench.results import Score
 from subbench.profile import load_profile
 from test_runner import fixture_images
 from test_score import ALMOST, npz
@@ -96,12 +96,13 @@ def test_report_renders_without_errors_and_shows_the_score(tmp_path):
     assert console == []
     assert seen["errors"] == [] and seen["broken"] == 0
     assert seen["images"] == 3  # confusion matrix, per-class bars, misclassified grid
-    assert seen["score"] == f"{ev.scores['accuracy']:.4f}" == "0.8750"
+    assert seen["score"] == f"{ev.value:.4f}" == "0.8750"
     assert seen["status"] == "ok"
 
 
 def test_report_with_clean_gap_and_robustness_sections(tmp_path):
-    """The sections a --clean-too / suite run adds, filled from real metric computations."""
+    """The sections a --clean-too / suite run adds, filled from real metric computations, given as a scores.json
+    of the first (unversioned) layout: Score.from_dict reads it."""
     images, labels = fixture_images(48)
     rng = np.random.default_rng(0)
     noisy = np.where(rng.random(48) < 0.3, (labels + 1) % 8, labels)
@@ -111,7 +112,8 @@ def test_report_with_clean_gap_and_robustness_sections(tmp_path):
                               "elapsed_s": 6.3, "time_limit_s": 600.0, "margin_s": 593.7, "per_image_ms": 62.5,
                               "projection": scorer.project_time({"start": 0.2, "import": 1.0, "init": 2.0,
                                                                  "predict": 3.0}, 48, 2500, 600.0)},
-                   "scored_on": {"simulate_hidden": "an2dl", "n": 48, "part": "all"}})
+                   "scored_on": {"simulate_hidden": "an2dl", "n": 48, "part": "all", "data": "x.npz",
+                                 "n_data": 48}, "message": None, "profile": "an2dl-2024"})
     clean = scorer.classification_scores(labels, labels, PROFILE.class_names)
     clean["gap"] = clean["accuracy"] - scores["accuracy"]
     scores["clean"] = clean
@@ -119,7 +121,10 @@ def test_report_with_clean_gap_and_robustness_sections(tmp_path):
            for name in ("gaussian_noise", "defocus_blur") for sev in range(1, 6)}
     scores["robustness"] = {**scorer.robustness_summary(1.0, acc), "n": 48}
     page = tmp_path / "report.html"
-    page.write_text(render_report(scores, images, labels, noisy), encoding="utf-8")
+    score = Score.from_dict(scores)
+    score.images, score.labels, score.predictions = images, labels, noisy
+    assert score.clean.metrics.accuracy == 1.0 and score.robustness.n == 48
+    page.write_text(score.page(), encoding="utf-8")
     seen, console = open_in_chromium(page, tmp_path)
     assert console == [] and seen["errors"] == [] and seen["broken"] == 0
     assert seen["images"] == 5 and seen["score"] == f"{scores['accuracy']:.4f}"

@@ -1,4 +1,6 @@
-"""The runner: real zips, real subprocesses, one zip per status (local_bench/runner.py).
+"""The runner: real zips, real subprocesses, one zip per status (local_bench/runner.py); the process-tree
+supervisor on real process trees (local_bench/proctree.py); the status classifier and the stderr filter on plain
+values (local_bench/classify.py, local_bench/stderr_filter.py).
 
 The submissions are small hand-written model.py files (numpy only, so each run costs ~0.3 s, not a TensorFlow
 import); a real Keras zip runs in test_score_cli.py (test_keras_template_zip_scores_like_the_model_in_process).
@@ -7,6 +9,9 @@ import); a real Keras zip runs in test_score_cli.py (test_keras_template_zip_sco
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -14,7 +19,10 @@ import numpy as np
 import pytest
 
 from conftest import write_zip
-from subbench.local_bench.runner import check_predictions, run_sets, run_submission
+from subbench.local_bench.classify import STATUSES, classify
+from subbench.local_bench.proctree import ProcessTree, StartError, run_tree
+from subbench.local_bench.runner import RunSpec, check_predictions, execute, run_sets, run_submission
+from subbench.local_bench.stderr_filter import is_startup_noise, summarize
 
 N_CLASSES = 8
 
@@ -325,3 +333,276 @@ def test_check_predictions_unit():
     assert check_predictions(np.zeros((3, 8)), 3, 8)[0] == "Output_Shape_Error"
     assert check_predictions(np.zeros(0, np.int64), 0, 8)[0] == "ok"
     assert check_predictions(np.int64(3), 1, 8)[0] == "Output_Shape_Error"
+
+
+
+# ------------------------------------------------------------------------------------------------- run spec
+def test_run_spec_is_frozen_and_checks_the_cwd_mode(tmp_path):
+    spec = RunSpec(model_zip(tmp_path, PERFECT), n_classes=N_CLASSES, time_limit_s=30)
+    with pytest.raises(AttributeError):
+        spec.time_limit_s = 1  # type: ignore[misc]
+    with pytest.raises(ValueError, match="cwd_mode"):
+        RunSpec(tmp_path, n_classes=N_CLASSES, cwd_mode="home")
+    images, labels = fixture_images(8)
+    res = execute(spec, [("a", images), ("b", images[:3])])
+    assert res.ok, res.message + res.stderr_tail
+    np.testing.assert_array_equal(res.set_predictions["b"], labels[:3])
+
+
+# ------------------------------------------------------------------------------------------------- process tree
+def _sh(script: str) -> list[str]:
+    return ["sh", "-c", script]
+
+
+def test_tree_at_the_time_limit_is_killed_whole(tmp_path):
+    t0 = time.time()
+    ended = run_tree(_sh("sleep 100.7171 & sleep 100.7272 & wait"), time_limit_s=1.0)
+    assert ended.killed_for == "time" and ended.returncode == -signal.SIGKILL
+    assert 1.0 <= ended.elapsed_s <= 2.0 and time.time() - t0 < 3.0
+    time.sleep(0.1)
+    assert _alive_with("100.7171") == [] and _alive_with("100.7272") == []
+
+
+def test_tree_left_in_the_background_is_killed_when_the_root_exits():
+    ended = run_tree(_sh("sleep 100.7373 & exit 4"), time_limit_s=30)
+    assert ended.killed_for is None and ended.returncode == 4 and ended.elapsed_s < 5
+    time.sleep(0.1)
+    assert _alive_with("100.7373") == []
+
+
+def test_tree_finds_a_daemon_that_left_the_session():
+    # Double fork + setsid: neither the process group nor the parent links reach it; the token does.
+    daemon = ("import os\nif os.fork() == 0:\n    os.setsid()\n    if os.fork() == 0:\n"
+              "        os.execvp('sleep', ['sleep', '100.7474'])\n    os._exit(0)\nos.wait()\n")
+    ended = run_tree([sys.executable, "-c", daemon], time_limit_s=30)
+    assert ended.returncode == 0 and ended.killed_for is None
+    time.sleep(0.1)
+    assert _alive_with("100.7474") == []
+
+
+def test_tree_over_the_memory_limit_is_killed_and_its_peak_counts_children():
+    # The memory is held by a grandchild: the limit is over the whole tree, not the root alone.
+    hog = ("import time, numpy as np\nblocks = []\nfor _ in range(40):\n"
+           "    blocks.append(np.ones(16 << 20, np.uint8)); time.sleep(0.02)\ntime.sleep(100.7575)\n")
+    ended = run_tree(_sh(f"{sys.executable} -c '{hog}' 100.7575; true"), time_limit_s=30, memory_limit_mb=200)
+    assert ended.killed_for == "memory" and ended.returncode == -signal.SIGKILL
+    assert ended.peak_rss_mb > 200
+    time.sleep(0.1)
+    assert _alive_with("100.7575") == []
+
+
+def test_tree_interrupted_by_the_caller_is_killed_and_reaped():
+    calls = []
+
+    def interrupt(now):
+        calls.append(now)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_tree(_sh("sleep 100.7676 & sleep 100.7777"), on_poll=interrupt)
+    time.sleep(0.1)
+    assert _alive_with("100.7676") == [] and _alive_with("100.7777") == []
+
+
+def test_a_command_that_cannot_start(tmp_path):
+    with pytest.raises(StartError, match="cannot start"):
+        run_tree([str(tmp_path / "no-python")])
+    res = run(tmp_path, PERFECT, python=str(tmp_path / "no-python"))
+    assert res.status == "Import_Error" and res.message.startswith("cannot start")
+
+
+def test_process_tree_kill_all_on_a_tree_it_did_not_start():
+    proc = subprocess.Popen(_sh("sleep 100.7878 & sleep 100.7979"), start_new_session=True)
+    try:
+        time.sleep(0.2)
+        tree = ProcessTree(proc.pid)
+        tree.scan()
+        assert len(tree.pids) >= 2 and tree.rss_mb() > 0
+        tree.kill_all()
+        assert proc.wait(timeout=5) == -signal.SIGKILL
+        assert _alive_with("100.7878") == [] and _alive_with("100.7979") == []
+    finally:
+        proc.kill()
+
+
+# ------------------------------------------------------------------------------------------------- classify
+def _labels(n=4):
+    return np.arange(n) % N_CLASSES
+
+
+def _classify(**kw):
+    base = dict(returncode=0, n_classes=N_CLASSES, stage_reached="done", outputs=[("test", 4, _labels())])
+    return classify(**{**base, **kw})
+
+
+def test_classify_ok():
+    verdict = _classify()
+    assert verdict.status == "ok" and verdict.message == ""
+    np.testing.assert_array_equal(verdict.labels["test"], _labels())
+    assert _classify(outputs=[("test", 4, _labels().astype(float))]).labels["test"].dtype == np.int64
+
+
+def test_classify_import_error():
+    err = {"stage": "import", "type": "ModuleNotFoundError", "message": "No module named 'torch'"}
+    verdict = _classify(returncode=1, stage_reached="import", error=err, outputs=[])
+    assert verdict.status == "Import_Error"
+    assert verdict.message == "ModuleNotFoundError: No module named 'torch' (in from model import Model)"
+    # A death before the import finished, without an error record, is an import error too.
+    assert _classify(returncode=1, stage_reached="start", outputs=[]).status == "Import_Error"
+
+
+def test_classify_init_error():
+    err = {"stage": "init", "type": "FileNotFoundError", "message": "weights.keras"}
+    assert _classify(returncode=1, stage_reached="init", error=err).status == "Init_Error"
+    verdict = _classify(returncode=-signal.SIGSEGV, stage_reached="init")
+    assert verdict.status == "Init_Error" and "SIGSEGV during init" in verdict.message
+
+
+def test_classify_predict_error():
+    err = {"stage": "predict", "type": "ValueError", "message": "bad input\nsecond line"}
+    verdict = _classify(returncode=1, stage_reached="predict", error=err)
+    assert verdict.status == "Predict_Error" and verdict.message == "ValueError: bad input (in predict)"
+    verdict = _classify(returncode=3, stage_reached="predict")
+    assert verdict.status == "Predict_Error" and "code 3" in verdict.message
+    verdict = _classify(stage_reached="done", outputs=[("test", 4, None)])
+    assert verdict.status == "Predict_Error" and "without writing all predictions" in verdict.message
+
+
+def test_classify_output_shape_error():
+    verdict = _classify(outputs=[("test", 4, np.eye(8)[_labels()])])
+    assert verdict.status == "Output_Shape_Error" and "argmax" in verdict.message
+    err = {"stage": "output", "type": "ShapeMismatch", "message": "chunks returned arrays of different shapes"}
+    assert _classify(returncode=1, stage_reached="predict", error=err).status == "Output_Shape_Error"
+    two = _classify(outputs=[("clean", 4, _labels()), ("noisy", 4, _labels()[:3])])
+    assert two.status == "Output_Shape_Error" and two.message.startswith("set noisy: ")
+
+
+def test_classify_output_value_error():
+    verdict = _classify(outputs=[("test", 4, np.full(4, 9))])
+    assert verdict.status == "Output_Value_Error" and "outside 0..7" in verdict.message
+    verdict = _classify(outputs=[("test", 4, "cannot reshape")])
+    assert verdict.status == "Output_Value_Error" and "unreadable: cannot reshape" in verdict.message
+    err = {"stage": "output", "type": "NotNumeric", "message": "predict returned list of Python objects"}
+    assert _classify(returncode=1, stage_reached="predict", error=err).status == "Output_Value_Error"
+
+
+def test_classify_execution_time_limit_exceeded():
+    verdict = _classify(returncode=-signal.SIGKILL, killed_for="time", stage_reached="predict", elapsed_s=2.04,
+                        time_limit_s=2, images_done=16, images_total=40,
+                        error={"stage": "predict", "type": "ValueError", "message": "late"})
+    assert verdict.status == "Execution_Time_Limit_Exceeded"
+    assert verdict.message == "killed during predict at the 2 s limit (elapsed 2.0 s, 16/40 images predicted)"
+    assert "images" not in _classify(killed_for="time", stage_reached="import", time_limit_s=2).message
+
+
+def test_classify_out_of_memory():
+    verdict = _classify(returncode=-signal.SIGKILL, killed_for="memory", stage_reached="predict",
+                        peak_memory_mb=312.4, memory_limit_mb=300)
+    assert verdict.status == "Out_Of_Memory" and "312 MB > limit 300 MB during predict" in verdict.message
+    sigkill = _classify(returncode=-signal.SIGKILL, stage_reached="predict")  # not sent by the runner
+    assert sigkill.status == "Out_Of_Memory" and "SIGKILL" in sigkill.message
+    err = {"stage": "predict", "type": "MemoryError", "message": ""}
+    assert _classify(returncode=1, stage_reached="predict", error=err).status == "Out_Of_Memory"
+    abort = _classify(returncode=-signal.SIGABRT, stage_reached="init",
+                      stderr="terminate called after throwing an instance of 'std::bad_alloc'")
+    assert abort.status == "Out_Of_Memory"
+
+
+def test_classify_covers_every_status():
+    seen = {
+        _classify().status,
+        _classify(returncode=1, stage_reached="import").status,
+        _classify(returncode=1, stage_reached="init").status,
+        _classify(returncode=1, stage_reached="predict").status,
+        _classify(outputs=[("test", 4, _labels()[:2])]).status,
+        _classify(outputs=[("test", 4, np.full(4, -1))]).status,
+        _classify(killed_for="time", stage_reached="init", time_limit_s=1).status,
+        _classify(killed_for="memory", stage_reached="init", memory_limit_mb=1).status,
+    }
+    assert seen == set(STATUSES)
+    with pytest.raises(ValueError):
+        _classify(killed_for="cpu")
+
+
+# ------------------------------------------------------------------------------------------------- stderr tail
+TF_CHATTER = [
+    "2024-11-14 10:12:33.123456: I tensorflow/core/util/port.cc:153] oneDNN custom operations are on. You may see "
+    "slightly different numerical results due to floating-point round-off errors from different computation "
+    "orders. To turn them off, set the environment variable `TF_ENABLE_ONEDNN_OPTS=0`.",
+    "2024-11-14 10:12:33.130000: E external/local_xla/xla/stream_executor/cuda/cuda_fft.cc:485] Unable to register "
+    "cuFFT factory: Attempting to register factory for plugin cuFFT when one has already been registered",
+    "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR",
+    "E0000 00:00:1731579153.123456   12345 cuda_dnn.cc:8310] Unable to register cuDNN factory: Attempting to "
+    "register factory for plugin cuDNN when one has already been registered",
+    "E0000 00:00:1731579153.130001   12345 cuda_blas.cc:1418] Unable to register cuBLAS factory: Attempting to "
+    "register factory for plugin cuBLAS when one has already been registered",
+    "2024-11-14 10:12:34.001: W tensorflow/compiler/tf2tensorrt/utils/py_utils.cc:38] TF-TRT Warning: Could not "
+    "find TensorRT",
+    "I0000 00:00:1731579154.5   12345 cpu_feature_guard.cc:210] This TensorFlow binary is optimized to use "
+    "available CPU instructions in performance-critical operations.",
+    "To enable the following instructions: AVX2 AVX512F FMA, in other operations, rebuild TensorFlow with the "
+    "appropriate compiler flags.",
+    "W0000 00:00:1731579155.2   12345 gpu_device.cc:2344] Cannot dlopen some GPU libraries.",
+    "E0000 00:00:1731579155.9   12345 cuda_platform.cc:52] failed call to cuInit: INTERNAL: CUDA error: Failed "
+    "call to cuInit: UNKNOWN ERROR (303)",
+    "oneDNN custom operations are on. You may see slightly different numerical results.",
+    "Could not find cuda drivers on your machine, GPU will not be used.",
+]
+
+OWN_LINES = [
+    "Traceback (most recent call last):",
+    '  File "/app/ingested_program/model.py", line 9, in predict',
+    "    return self.model.predict(X)",
+    "ValueError: Input 0 of layer \"functional\" is incompatible with the layer",
+    "F0000 00:00:1731579155.9   12345 check_op.cc:12] Check failed: ptr != nullptr",
+    "2024-11-14 10:12:40.5: W tensorflow/core/framework/op_kernel.cc:1828] OP_REQUIRES failed at "
+    "matmul_op.cc:79 : RESOURCE_EXHAUSTED: OOM when allocating tensor with shape[64,1024]",
+    "I tried to load the weights",
+    "WARNING:absl:Compiled the loaded model, but the compiled metrics have yet to be built.",
+]
+
+
+@pytest.mark.parametrize("line", TF_CHATTER)
+def test_startup_chatter_is_noise(line):
+    assert is_startup_noise(line)
+
+
+@pytest.mark.parametrize("line", OWN_LINES)
+def test_the_submission_s_lines_are_kept(line):
+    assert not is_startup_noise(line)
+
+
+def test_summarize_ends_with_the_submission_s_error():
+    text = "\n".join(TF_CHATTER[:3] + OWN_LINES[:4] + TF_CHATTER[3:] + ["", ""])
+    tail = summarize(text)
+    assert tail.splitlines() == OWN_LINES[:4]
+    assert summarize(text, lines=2).splitlines() == OWN_LINES[2:4]
+    assert summarize("\n".join(TF_CHATTER)) == ""
+
+
+CHATTY_CRASH = """
+import os, signal, sys, traceback
+CHATTER = {chatter!r}
+class Model:
+    def predict(self, X):
+        try:
+            raise RuntimeError("the submission's own error")
+        except RuntimeError:
+            traceback.print_exc()
+        sys.stderr.write(CHATTER)            # what TensorFlow logs from C++ as the process goes down
+        sys.stderr.flush()
+        os.kill(os.getpid(), signal.{sig})
+"""
+
+
+@pytest.mark.parametrize("sig, status", [("SIGKILL", "Out_Of_Memory"), ("SIGTERM", "Predict_Error")])
+def test_stderr_tail_ends_with_the_traceback_not_tensorflow_s_chatter(tmp_path, sig, status):
+    chatter = "\n".join(TF_CHATTER) + "\n"
+    res = run(tmp_path, CHATTY_CRASH.format(chatter=chatter, sig=sig))
+    assert res.status == status, res.message + res.stderr_tail
+    assert res.stderr_tail.splitlines()[-1] == "RuntimeError: the submission's own error"
+    assert res.stderr_tail.splitlines()[0] == "Traceback (most recent call last):"
+    assert "cuInit" not in res.stderr_tail
+    # The whole stderr is kept, chatter included.
+    assert "failed call to cuInit" in res.stderr and res.stderr.rstrip().endswith("GPU will not be used.")

@@ -13,9 +13,9 @@ from subbench.data.split import split_document, write_split
 from subbench.datasets import load_dataset
 from subbench.errors import DataError, SubbenchError
 from subbench.local_bench import scorer
-from subbench.local_bench.evaluate import (STATUS_EXIT_CODES, LeakageWarning, ScoreOptions, evaluate,
-                                           write_outputs)
-from subbench.local_bench.compare import format_table, leaderboard, load_result, ResultNotFoundError
+from subbench.corrupt import apply_preset, iter_suite
+from subbench.local_bench.evaluate import ScoreOptions, evaluate, write_outputs
+from subbench.local_bench.results import STATUS_EXIT_CODES, Leaderboard, ResultNotFoundError, Score, Status
 from subbench.profile import load_profile
 from test_runner import PERFECT, fixture_images
 
@@ -87,23 +87,29 @@ def test_good_zip_scores_the_expected_accuracy(tmp_path):
     images, labels = fixture_images(64)
     zip_path = write_zip(tmp_path / "sub.zip", {"model.py": ALMOST})
     ev = evaluate(zip_path, npz(tmp_path, images, labels), PROFILE, FAST, echo=lambda _: None)
-    s = ev.scores
-    assert s["status"] == "ok" and ev.exit_code == 0
-    assert s["accuracy"] == pytest.approx(7 / 8) and s["n"] == 64
-    assert s["per_class"]["immature granulocyte"]["recall"] == 0.0
-    assert s["per_class"]["lymphocyte"]["precision"] == pytest.approx(0.5)
-    assert s["confusion_matrix"][3][4] == 8
-    assert list(s)[0] == "accuracy"  # the leaderboard key first, like a Codabench scores.json
-    t = s["timing"]
-    assert set(t["stages"]) == {"start", "import", "init", "predict"}
-    assert t["margin_s"] == pytest.approx(PROFILE.time_limit_s - t["elapsed_s"])
-    assert t["projection"]["hidden_size"] == PROFILE.hidden_size
-    assert s["environment"]["loaded_numpy"] == np.__version__ and s["environment"]["cwd_mode"] == PROFILE.cwd
-    assert s["scored_on"]["part"] == "all" and not s["scored_on"]["leakage"]["checked"]
+    assert ev.status is Status.ok and ev.ok and ev.exit_code == 0
+    m = ev.metrics
+    assert ev.value == m.accuracy == pytest.approx(7 / 8) and ev.n == 64 and m.correct == 56
+    assert m.per_class["immature granulocyte"].recall == 0.0
+    assert m.per_class["lymphocyte"].precision == pytest.approx(0.5)
+    assert m.confusion_matrix[3][4] == 8
+    t = ev.timing
+    assert set(t.stages) == {"start", "import", "init", "predict"}
+    assert t.margin_s == pytest.approx(PROFILE.time_limit_s - t.elapsed_s)
+    assert t.projection.hidden_size == PROFILE.hidden_size
+    assert ev.environment["loaded_numpy"] == np.__version__ and ev.environment["cwd_mode"] == PROFILE.cwd
+    assert ev.scored_on.part == "all" and not ev.scored_on.leakage.checked
 
+    s = ev.to_dict()
+    assert list(s)[:2] == ["accuracy", "schema"]  # the leaderboard key first, like a Codabench scores.json
+    assert s["schema"] == 2 and s["status"] == "ok" and s["metrics"]["per_class"]["lymphocyte"]["support"] == 8
+    assert "title" not in s and "subtitle" not in s  # no display strings in the data
     out = write_outputs(ev, tmp_path / "out")
     written = json.loads((out / "scores.json").read_text())
     assert written["accuracy"] == pytest.approx(7 / 8)
+    back = Score.load(out)
+    assert back.status is Status.ok and back.metrics == ev.metrics and back.timing == ev.timing
+    assert back.to_dict() == s
     assert np.load(out / "predictions.npy").tolist() == ev.predictions.tolist()
     html = (out / "report.html").read_text()
     assert 'id="score">0.8750<' in html and "data:image/png;base64," in html
@@ -117,7 +123,7 @@ def test_failed_run_is_a_status_not_an_error(tmp_path):
     zip_path = write_zip(tmp_path / "bad.zip", {"model.py": "import numpy as np\nclass Model:\n    def predict(self, X):"
                                                             "\n        return np.eye(8)[X[:, 0, 0, 0] % 8]\n"})
     ev = evaluate(zip_path, npz(tmp_path, images, labels), PROFILE, FAST, echo=lambda _: None)
-    assert ev.status == "Output_Shape_Error" and ev.scores["accuracy"] is None
+    assert ev.status is Status.Output_Shape_Error and ev.value is None and ev.metrics is None
     assert ev.exit_code == STATUS_EXIT_CODES["Output_Shape_Error"] == 14
     out = write_outputs(ev, tmp_path / "out")
     html = (out / "report.html").read_text()
@@ -141,18 +147,18 @@ def test_manifest_split_scores_the_holdout_and_flags_leakage(tmp_path):
     assert split["holdout"] == first["holdout"]
     zip_path = write_zip(tmp_path / "sub.zip", {"model.py": PERFECT, "manifest.json": _manifest(split)})
     ev = evaluate(zip_path, data, PROFILE, FAST, echo=lambda _: None)
-    assert ev.status == "ok" and ev.scores["n"] == 12 and ev.scores["accuracy"] == 1.0
+    assert ev.status == "ok" and ev.n == 12 and ev.value == 1.0
     np.testing.assert_array_equal(ev.labels, labels[split["holdout"]])
-    assert ev.scores["scored_on"]["part"].startswith("holdout")
-    assert ev.scores["scored_on"]["leakage"] == {"checked": True, "in_training_set": 1}
-    leaks = [w for w in ev.warnings if isinstance(w, LeakageWarning)]
+    assert ev.scored_on.part == "holdout" and ev.scored_on.split_source == "the zip's manifest"
+    assert ev.scored_on.leakage.checked and ev.leaked == 1
+    leaks = [w for w in ev.warnings if w.startswith("LEAKAGE")]
     assert len(leaks) == 1 and "1 of 12" in leaks[0]
 
     # No --data: the path recorded in the manifest is used.
-    assert evaluate(zip_path, None, PROFILE, FAST, echo=lambda _: None).scores["n"] == 12
+    assert evaluate(zip_path, None, PROFILE, FAST, echo=lambda _: None).n == 12
     # --all scores everything and says how much of it was trained on.
     ev_all = evaluate(zip_path, data, PROFILE, ScoreOptions(cross_cwd=False, use_all=True), echo=lambda _: None)
-    assert ev_all.scores["n"] == 48 and ev_all.scores["scored_on"]["leakage"]["in_training_set"] == 37
+    assert ev_all.n == 48 and ev_all.leaked == 37
 
 
 @pytest.mark.parametrize("fingerprint", [True, False])
@@ -169,7 +175,7 @@ def test_other_data_than_the_split_s_is_refused(tmp_path, fingerprint):
         evaluate(zip_path, other_npz, PROFILE, FAST, echo=lambda _: None)
     # --all does not use the split's indices, so other data is fine (and nothing of it was trained on).
     ev = evaluate(zip_path, other_npz, PROFILE, ScoreOptions(cross_cwd=False, use_all=True), echo=lambda _: None)
-    assert ev.scores["n"] == 48 and ev.scores["scored_on"]["leakage"]["in_training_set"] == 0
+    assert ev.n == 48 and ev.scored_on.leakage.checked and ev.leaked == 0
 
 
 def test_split_file_option(tmp_path):
@@ -179,7 +185,7 @@ def test_split_file_option(tmp_path):
     write_split(split, load_dataset(data, PROFILE), 0.25, seed=1, data_path=str(data))
     zip_path = write_zip(tmp_path / "sub.zip", {"model.py": PERFECT})
     ev = evaluate(zip_path, data, PROFILE, ScoreOptions(cross_cwd=False, split=str(split)), echo=lambda _: None)
-    assert ev.scores["n"] == 10 and ev.scores["scored_on"]["leakage"]["in_training_set"] == 0
+    assert ev.n == 10 and ev.scored_on.split_source == "--split" and ev.leaked == 0
     bad = tmp_path / "bad.json"
     bad.write_text("{}")
     with pytest.raises(SubbenchError, match="not a subbench split"):
@@ -192,7 +198,7 @@ def test_cross_cwd_check_warns_when_only_one_working_directory_works(tmp_path):
     zip_path = write_zip(tmp_path / "sub.zip", {"model.py": src, "offset.txt": "0"})
     data = npz(tmp_path, images, labels)
     ev = evaluate(zip_path, data, PROFILE, ScoreOptions(cwd="submission"), echo=lambda _: None)
-    assert ev.status == "ok" and ev.scores["cwd_check"]["status"] == "Init_Error"
+    assert ev.status == "ok" and ev.cwd_check.status is Status.Init_Error
     assert any("fails with --cwd program" in w for w in ev.warnings)
     ev = evaluate(zip_path, data, PROFILE, ScoreOptions(cwd="program"), echo=lambda _: None)
     assert ev.status == "Init_Error" and any("works with --cwd submission" in w for w in ev.warnings)
@@ -210,18 +216,7 @@ def test_bad_options_are_named_errors(tmp_path):
         evaluate(nested, npz(tmp_path, images, labels), PROFILE, FAST)
 
 
-def _corrupt(name):
-    """issue 4's simulator; skipped (not failed) only while that package is not in the tree."""
-    try:
-        import subbench.corrupt as corrupt
-        return getattr(corrupt, name)
-    except (ImportError, AttributeError):
-        pytest.skip(f"subbench.corrupt.{name} (issue 4) is not available yet")
-
-
 def test_simulated_hidden_set_with_clean_too(tmp_path):
-    apply_preset = _corrupt("apply_preset")
-
     images, labels = fixture_images(24)
     zip_path = write_zip(tmp_path / "sub.zip", {"model.py": PERFECT})
     opts = ScoreOptions(cross_cwd=False, simulate_hidden="an2dl", clean_too=True, seed=3)
@@ -230,24 +225,24 @@ def test_simulated_hidden_set_with_clean_too(tmp_path):
     np.testing.assert_array_equal(ev.images, apply_preset(images, preset="an2dl", seed=3, cache=True))
     # The perfect model reads pixel (0,0,0): the corrupted copy changes it, the clean one does not.
     expected = float(((ev.images[:, 0, 0, 0].astype(np.int64) % 8) == labels).mean())
-    assert ev.scores["accuracy"] == pytest.approx(expected)
-    assert ev.scores["clean"]["accuracy"] == 1.0
-    assert ev.scores["clean"]["gap"] == pytest.approx(1.0 - expected)
+    assert ev.value == pytest.approx(expected) and expected < 0.9
+    assert ev.clean.status is Status.ok and ev.clean.metrics.accuracy == 1.0
+    assert ev.clean.gap == pytest.approx(1.0 - expected)
+    assert 'id="gap"' in ev._repr_html_()
 
 
 def test_robustness_suite(tmp_path):
-    iter_suite = _corrupt("iter_suite")
-
     images, labels = fixture_images(16)
     zip_path = write_zip(tmp_path / "sub.zip", {"model.py": PERFECT})
     opts = ScoreOptions(cross_cwd=False, simulate_hidden="suite", suite_size=16)
     ev = evaluate(zip_path, npz(tmp_path, images, labels), PROFILE, opts, echo=lambda _: None)
-    rob = ev.scores["robustness"]
+    rob = ev.robustness
     expected = {(name, int(sev)): float(((arr[:, 0, 0, 0].astype(np.int64) % 8) == labels).mean())
                 for name, sev, arr in iter_suite(images, seed=0)}
-    got = {(name, int(sev)): acc for name, row in rob["accuracy"].items() for sev, acc in row.items()}
+    got = {(name, int(sev)): acc for name, row in rob.accuracy.items() for sev, acc in row.items()}
     assert got == pytest.approx(expected)
-    assert rob["mean_corruption_accuracy"] == pytest.approx(np.mean(list(expected.values())))
+    assert rob.mean_corruption_accuracy == pytest.approx(np.mean(list(expected.values())))
+    assert Score.from_dict(ev.to_dict()).robustness == rob
 
 
 # ------------------------------------------------------------------------------------------------- compare
@@ -259,10 +254,13 @@ def test_compare_ranks_results(tmp_path):
         ev = evaluate(write_zip(tmp_path / f"{name}.zip", {"model.py": src}), data, PROFILE, FAST,
                       echo=lambda _: None)
         write_outputs(ev, tmp_path / name)
-    rows = leaderboard([(n, load_result(tmp_path / n)) for n in ("broken", "almost", "perfect")])
-    assert [r["name"] for r in rows] == ["perfect", "almost", "broken"]
-    assert [r["status"] for r in rows] == ["ok", "ok", "Predict_Error"]
-    table = format_table(rows)
+    board = Leaderboard.from_scores([(n, Score.load(tmp_path / n)) for n in ("broken", "almost", "perfect")])
+    assert [r.name for r in board.rows] == ["perfect", "almost", "broken"]
+    assert [r.status for r in board.rows] == [Status.ok, Status.ok, Status.Predict_Error]
+    assert [r.rank for r in board.rows] == [1, 2, 3] and board.comparable and board.warning is None
+    table = str(board)
     assert "1.0000" in table and "0.8750" in table and "Predict_Error" in table
+    assert 'id="leaderboard"' in board._repr_html_() and "0.8750" in board._repr_html_()
+    assert board.to_dict()["rows"][0]["status"] == "ok"
     with pytest.raises(ResultNotFoundError):
-        load_result(tmp_path)
+        Score.load(tmp_path)

@@ -4,8 +4,15 @@ from pathlib import Path
 
 import click
 
+from ..builder.heads import HEADS
+from ..builder.input_branches import INPUT_BRANCHES, NO_BRANCHES, InputBranches
+from ..builder.losses import LOSSES
+from ..builder.optim import OPTIMIZERS, SCHEDULES
+from ..builder.pipeline import AUGMENT_PRESETS
+from ..builder.recipe import shipped_recipes
+from ..builder.train import BALANCE_MODES, STRATEGIES
+from ..builder.tta_select import TTA_CHOICES
 from ..errors import SubbenchError
-from ..profile import load_profile
 from . import main, profile_option
 
 
@@ -22,30 +29,34 @@ def _weights(text):
         raise click.BadParameter("give comma-separated numbers, e.g. 0.6,0.4") from None
 
 
-# Training options: each maps onto the recipe field of the same name (None = keep the recipe's value).
+def _input_branches(ctx, param, text):
+    return None if text is None else InputBranches.from_names(text)   # InputBranchError names a wrong one
+
+
+# Training options: each maps onto the recipe field of the same name (None = keep the recipe's value). The
+# choices are the registries of the modules that implement them.
 TRAINING_OPTIONS = [
     click.option("--weights", default=None, metavar="imagenet|none|PATH", help="Backbone start weights."),
     click.option("--input-size", type=int, default=None, help="Resize inside the model (backbones wanting more px)."),
-    click.option("--edge-channels/--no-edge-channels", default=None,
-                 help="custom_cnn: also feed the image's Sobel gradient magnitudes (robust to solarize)."),
-    click.option("--equalized-channels/--no-equalized-channels", default=None,
-                 help="custom_cnn: also feed each colour channel histogram-equalised (robust to equalize, "
-                      "auto_contrast)."),
-    click.option("--head", type=click.Choice(["gap", "inception"]), default=None, help="Classification head."),
-    click.option("--loss", type=click.Choice(["crossentropy", "focal"]), default=None),
+    click.option("--inputs", default=None, metavar=",".join(INPUT_BRANCHES) + "|" + NO_BRANCHES,
+                 callback=_input_branches,
+                 help="custom_cnn: input branches, more channels computed inside the model; "
+                      + "; ".join(f"{b.name}: {b.help}" for b in INPUT_BRANCHES.values()) + "."),
+    click.option("--head", type=click.Choice(list(HEADS)), default=None, help="Classification head."),
+    click.option("--loss", type=click.Choice(list(LOSSES)), default=None),
     click.option("--label-smoothing", type=float, default=None),
-    click.option("--optimizer", type=click.Choice(["adamw", "lion", "nadam", "sgd"]), default=None),
+    click.option("--optimizer", type=click.Choice(list(OPTIMIZERS)), default=None),
     click.option("--lr", "learning_rate", type=float, default=None, help="Initial learning rate."),
     click.option("--weight-decay", type=float, default=None,
                  help="Decoupled weight decay: Keras applies w -= lr * wd * w each step (not to biases or norms)."),
-    click.option("--schedule", type=click.Choice(["plateau", "cosine", "constant"]), default=None),
+    click.option("--schedule", type=click.Choice(list(SCHEDULES)), default=None),
     click.option("--epochs", type=int, default=None),
     click.option("--batch-size", type=int, default=None),
     click.option("--patience", type=int, default=None, help="Early-stopping patience (epochs)."),
-    click.option("--augment", type=click.Choice(["none", "light", "heavy"]), default=None),
+    click.option("--augment", type=click.Choice(list(AUGMENT_PRESETS)), default=None),
     click.option("--heavy-bank", type=int, default=None, metavar="K",
                  help="heavy: draw from K corrupted copies computed once (CPU speed); 0 = corrupt every batch."),
-    click.option("--balance", type=click.Choice(["none", "oversample", "weights"]), default=None),
+    click.option("--balance", type=click.Choice(list(BALANCE_MODES)), default=None),
     click.option("--holdout", type=float, default=None, help="Held-out fraction (stratified)."),
     click.option("--seed", type=int, default=None),
     click.option("--val-corrupt", default=None, metavar="PRESET|none",
@@ -55,7 +66,7 @@ TRAINING_OPTIONS = [
     click.option("--kfold", type=int, default=None, help="Estimate the epoch count by K-fold CV."),
     click.option("--final", is_flag=True, default=None, help="After --kfold, fit on all data."),
     click.option("--mixed-precision", is_flag=True, default=None, help="float16 on a GPU, bfloat16 on a CPU with AMX or AVX-512 BF16 (~2x on custom_cnn), else float32; exports float32."),
-    click.option("--strategy", type=click.Choice(["auto", "mirrored", "multiworker", "none"]), default=None),
+    click.option("--strategy", type=click.Choice(list(STRATEGIES)), default=None),
     click.option("--limit", type=int, default=None, help="Train on this many images only (smoke runs)."),
     click.option("--max-train-minutes", type=float, default=None,
                  help="Stop training after this long, keeping the best weights so far."),
@@ -74,14 +85,15 @@ def training_options(f):
 @click.option("--model", "backbone", default=None, metavar="NAME",
               help="Train this backbone (e.g. convnext_base, efficientnetv2_b0, custom_cnn).")
 @click.option("--recipe", default=None, metavar="NAME|FILE.toml",
-              help="All training options from a recipe (shipped: cpu, seed000..seed004); flags override it.")
+              help=f"All training options from a recipe (shipped: {', '.join(shipped_recipes())}); flags "
+                   "override it.")
 @click.option("--data", "data_path", type=click.Path(path_type=Path), default=None,
               help="Training data: an AN2DL-style npz or a <class>/<image> folder.")
 @click.option("--split", "split_path", type=click.Path(path_type=Path), default=None,
               help="Use this split.json (from `subbench data split`) instead of making one.")
 @click.option("--from", "from_models", multiple=True, type=click.Path(path_type=Path), metavar="M.keras",
               help="Package an already trained Keras model instead; repeat for an ensemble.")
-@click.option("--tta", type=click.Choice(["none", "flips", "d4", "auto"]), default=None,
+@click.option("--tta", type=click.Choice(list(TTA_CHOICES)), default=None,
               help="Test-time augmentation views merged by mean of probabilities (auto: measured, --model only).")
 @click.option("--ensemble-weights", default=None, metavar="W1,W2,...",
               help="Weight of each --from model in the average (default equal).")
@@ -100,35 +112,29 @@ def training_options(f):
 def build(backbone, recipe, data_path, split_path, from_models, tta, ensemble_weights, output, build_dir, resume,
           cpu_devices, force, env, profile, **training):
     """Write a Codabench submission zip: train with --model/--recipe, or package --from models."""
-    prof = load_profile(profile)
+    from ..api import check as run_check
+    from ..api import package, train
+
     if from_models and (backbone or recipe):
         raise BuildUsageError("--from packages trained models; --model/--recipe trains one", "use one or the other")
     if from_models:
-        from ..builder.package import package_files
-
         if tta == "auto":
             raise BuildUsageError("--tta auto needs a validation split", "use it with --model, or pick none|flips|d4")
-        package_files(list(from_models), output, prof, tta=tta or "none",
-                      ensemble_weights=_weights(ensemble_weights), batch_size=training.get("batch_size") or 64,
-                      force=force, echo=click.echo)
+        package(list(from_models), output, tta=tta or "none", ensemble_weights=_weights(ensemble_weights),
+                profile=profile, batch_size=training.get("batch_size") or 64, force=force, echo=click.echo)
     elif backbone or recipe:
-        from ..builder.recipe import Recipe, load_recipe, with_overrides
-        from ..builder.workflow import build_trained
-
         if data_path is None:
             raise BuildUsageError("training needs data", "give --data training_set.npz (or an image folder)")
-        base = load_recipe(recipe) if recipe else Recipe()
-        chosen = with_overrides(base, backbone=backbone, tta=tta, **training)
-        build_trained(chosen, data_path, output, prof, build_dir=build_dir, split_path=split_path, resume=resume,
-                      force=force, cpu_devices=cpu_devices, echo=click.echo)
+        overrides = {k: v for k, v in dict(training, backbone=backbone, tta=tta).items() if v is not None}
+        train(recipe, data_path, output, profile, build_dir=build_dir, split=split_path, resume=resume,
+              force=force, cpu_devices=cpu_devices, echo=click.echo, **overrides)
     else:
         raise BuildUsageError("nothing to build",
                               "give --model NAME --data DATA to train, or --from MODEL.keras to package")
     if env == "server":
-        from ..local_bench.check import check_zip
         from .check import print_report
 
-        report = check_zip(output, prof, env="server")
+        report = run_check(output, env="server", profile=profile)
         print_report(report)
         if not report.ok:
             raise SystemExit(1)

@@ -1,11 +1,9 @@
 """`subbench check sub.zip`: find what would fail on the server, before uploading."""
 
-import json
 from pathlib import Path
 
 import click
 
-from ..profile import load_profile
 from . import main, profile_option
 
 
@@ -40,11 +38,11 @@ def print_report(report) -> None:
 @profile_option
 def check(zip_path, env, as_json, time_limit, no_live, profile):
     """Check a submission zip; exit 0 when every check passes, 1 when one fails."""
-    from ..local_bench.check import check_zip
+    from ..api import check as run_check
 
-    report = check_zip(zip_path, load_profile(profile), env=env, time_limit_s=time_limit, live=not no_live)
+    report = run_check(zip_path, env=env, profile=profile, time_limit=time_limit, live=not no_live)
     if as_json:
-        click.echo(json.dumps(report.to_json(), indent=1, default=str))
+        click.echo(report.to_json(), nl=False)
     else:
         print_report(report)
     raise SystemExit(0 if report.ok else 1)

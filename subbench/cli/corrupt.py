@@ -54,7 +54,7 @@ def corrupt_cmd(data, preset, corruption, severity, output, seed, sigma, preview
     """
     from .. import corrupt as C
     from ..atomic import check_writable
-    from ..corrupt.errors import CorruptionInputError, check_seed, check_severity
+    from ..corrupt.errors import CorruptionInputError, check_seed
     from ..corrupt.preview import preview_indices, write_preview
     from ..datasets import load_dataset
     from ..profile import load_profile
@@ -62,27 +62,26 @@ def corrupt_cmd(data, preset, corruption, severity, output, seed, sigma, preview
     # Every check before any work, so bad input writes nothing.
     if corruption is not None and preset is not None:
         raise CorruptionInputError("both --preset and --corruption given", "use one of them")
+    params = {} if sigma is None else {"sigma": sigma}
     if corruption is None:
         preset = preset or "an2dl"
         if preset not in C.PRESETS:
             raise C.UnknownPresetError(f"no preset named {preset!r}", f"choose one of: {', '.join(C.PRESETS)}")
-        if severity is not None:
-            raise CorruptionInputError("--severity applies to --corruption only",
-                                       "drop --severity, or pick one corruption with --corruption NAME")
+        if sigma is not None and preset != "noise":
+            raise CorruptionInputError("--sigma applies to --preset noise only", "drop --sigma")
+        if preset == "suite":
+            if severity is not None:
+                raise CorruptionInputError("--severity applies to --corruption only", "drop --severity")
+            check_seed(seed)
+        else:
+            C.check_request(preset, severity, seed, **params)
     else:
         if corruption not in C.CORRUPTIONS:
             raise C.UnknownCorruptionError(f"no corruption named {corruption!r}",
                                            f"choose one of: {', '.join(C.CORRUPTIONS)}")
         if severity is None:
             raise C.SeverityError("--corruption needs --severity", "add --severity 1..5")
-        check_severity(severity)
-    params = {}
-    if sigma is not None:
-        if preset != "noise":
-            raise CorruptionInputError("--sigma applies to --preset noise only", "drop --sigma")
-        params["sigma"] = sigma
-        C.presets._check_preset("noise", params)
-    check_seed(seed)
+        C.check_request(corruption, severity, seed, **params)
     if output.suffix != ".npz":
         raise CorruptionInputError(f"output {output} does not end in .npz", "name it e.g. hidden_sim.npz")
     if data.exists() and output.resolve() == data.resolve():
@@ -107,12 +106,10 @@ def corrupt_cmd(data, preset, corruption, severity, output, seed, sigma, preview
         _write_npz_stream(output, force, steps())
         what = f"suite ({len(C.CORRUPTIONS)} corruptions x 5 severities)"
     else:
-        if corruption is not None:
-            out = C.corrupt(images, corruption, severity, seed=seed)
-            what = f"{corruption} severity {severity}"
-        else:
-            out = C.apply_preset(images, preset, seed=seed, cache=not no_cache, progress=True, **params)
-            what = f"preset {preset}" + (f" sigma {params['sigma']}" if params else "")
+        out = C.corrupt_images(images, corruption or preset, severity, seed=seed, cache=not no_cache,
+                               progress=True, **params)
+        what = (f"{corruption} severity {severity}" if corruption else
+                f"preset {preset}" + (f" sigma {params['sigma']}" if params else ""))
         rows.append((what, out[idx]))
         _write_npz_stream(output, force, [("images", out), ("labels", labels)])
     elapsed = time.perf_counter() - t0

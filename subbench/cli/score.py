@@ -8,7 +8,6 @@ from pathlib import Path
 import click
 
 from ..atomic import check_writable
-from ..profile import load_profile
 from . import main, profile_option
 
 
@@ -57,47 +56,60 @@ def _run_options(f):
     return f
 
 
-def _options(kw: dict, progress: bool):
-    from ..local_bench.evaluate import ScoreOptions
+_OPTION_FIELDS = {"env": "env", "cwd": "cwd", "time_limit": "time_limit_s", "memory_limit": "memory_limit_mb",
+                  "chunk": "chunk", "hidden_size": "hidden_size", "server_speed": "server_speed", "split": "split",
+                  "use_all": "use_all", "seed": "seed", "cross_cwd": "cross_cwd", "suite_size": "suite_size",
+                  "keep_run_dir": "keep_run_dir"}
 
-    return ScoreOptions(env=kw["env"], cwd=kw["cwd"], time_limit_s=kw["time_limit"],
-                        memory_limit_mb=kw["memory_limit"], chunk=kw["chunk"], hidden_size=kw["hidden_size"],
-                        server_speed=kw["server_speed"], simulate_hidden=kw["simulate_hidden"],
-                        clean_too=kw["clean_too"], split=kw["split"], use_all=kw["use_all"], seed=kw["seed"],
-                        cross_cwd=kw["cross_cwd"], suite_size=kw["suite_size"], progress=progress,
-                        keep_run_dir=kw.get("keep_run_dir", False))
+
+def _options(kw: dict, progress: bool) -> dict:
+    """The command's options as subbench.score keyword arguments."""
+    return {field: kw[opt] for opt, field in _OPTION_FIELDS.items() if opt in kw} | {"progress": progress}
 
 
 def _err(line: str) -> None:
     click.echo(line, err=True)
 
 
-def _summary(scores: dict) -> list[str]:
-    key = scores["leaderboard_key"]
+def summary_lines(s) -> list[str]:
+    """What `subbench score` prints about a `Score`."""
     lines = []
-    if scores["status"] == "ok":
-        lo, hi = scores["accuracy_ci95"]
-        lines.append(f"{key}: {scores[key]:.4f}  (95% interval {lo:.4f}–{hi:.4f}, n = {scores['n']})")
-        lines.append(f"balanced accuracy {scores['balanced_accuracy']:.4f} · macro F1 {scores['macro_f1']:.4f}")
-        if "clean" in scores and "accuracy" in scores["clean"]:
-            lines.append(f"clean {scores['clean']['accuracy']:.4f} · gap {scores['clean']['gap']:+.4f}")
-        rob = scores.get("robustness")
-        if rob and "mean_corruption_accuracy" in rob:
-            rce = rob["relative_corruption_error"]
-            lines.append(f"robustness: mCA {rob['mean_corruption_accuracy']:.4f} · rCE "
-                         f"{'undefined' if rce is None else f'{rce:.3f}'} ({len(rob['accuracy'])} corruptions)")
+    if s.ok:
+        lo, hi = s.metrics.accuracy_ci95
+        lines.append(f"{s.leaderboard_key}: {s.value:.4f}  (95% interval {lo:.4f}–{hi:.4f}, n = {s.n})")
+        lines.append(f"balanced accuracy {s.metrics.balanced_accuracy:.4f} · macro F1 {s.metrics.macro_f1:.4f}")
+        if s.clean and s.clean.metrics:
+            lines.append(f"clean {s.clean.metrics.accuracy:.4f} · gap {s.clean.gap:+.4f}")
+        rob = s.robustness
+        if rob and rob.mean_corruption_accuracy is not None:
+            rce = rob.relative_corruption_error
+            lines.append(f"robustness: mCA {rob.mean_corruption_accuracy:.4f} · rCE "
+                         f"{'undefined' if rce is None else f'{rce:.3f}'} ({len(rob.accuracy)} corruptions)")
     else:
-        lines.append(f"{key}: –  ({scores['message']})")
-    t = scores["timing"]
-    stages = " · ".join(f"{k} {v:.2f} s" for k, v in t["stages"].items())
-    lines.append(f"time {t['elapsed_s']:.2f} s of {t['time_limit_s']:g} s ({stages})")
-    proj = t.get("projection")
+        lines.append(f"{s.leaderboard_key}: –  ({s.message})")
+    t = s.timing
+    stages = " · ".join(f"{k} {v:.2f} s" for k, v in t.stages.items())
+    lines.append(f"time {t.elapsed_s:.2f} s of {t.time_limit_s:g} s ({stages})")
+    proj = t.projection
     if proj:
-        lines.append(f"projected for {proj['hidden_size']} images at server speed {proj['server_speed']:g}×: "
-                     f"{proj['projected_s']:.1f} s (margin {proj.get('margin_s', 0):.1f} s)")
-    if scores.get("peak_memory_mb"):
-        lines.append(f"peak memory {scores['peak_memory_mb']:.0f} MB")
+        lines.append(f"projected for {proj.hidden_size} images at server speed {proj.server_speed:g}×: "
+                     f"{proj.projected_s:.1f} s (margin {proj.margin_s or 0:.1f} s)")
+    if s.peak_memory_mb:
+        lines.append(f"peak memory {s.peak_memory_mb:.0f} MB")
     return lines
+
+
+def print_score(s, err: bool = False) -> None:
+    say = _err if err else click.echo
+    click.secho(f"status: {s.status}", fg="green" if s.ok else "red", bold=True, err=err)
+    for line in summary_lines(s):
+        say(line)
+    for w in s.warnings:
+        loud = w.startswith("LEAKAGE")
+        click.secho(f"warning: {w}", fg="red" if loud else "yellow", bold=loud, err=True)
+    if not s.ok and s.stderr_tail:
+        _err("last lines of the submission's stderr:")
+        _err("\n".join("  " + line for line in s.stderr_tail.splitlines()[-12:]))
 
 
 @main.command()
@@ -116,57 +128,40 @@ def score(zip_path, out, force, as_json, quiet, **kw):
     13 Predict_Error, 14 Output_Shape_Error, 15 Output_Value_Error, 16 Execution_Time_Limit_Exceeded,
     17 Out_Of_Memory.
     """
-    from ..local_bench.evaluate import LeakageWarning, evaluate, scores_json, write_outputs
+    from ..api import score as run_score
 
-    profile = load_profile(kw.pop("profile"))
     if out:
         check_writable(Path(out), force)  # fail before a long run, not after it
-    ev = evaluate(zip_path, kw["data"], profile, _options(kw, progress=not quiet), echo=_err)
-    say = _err if as_json else click.echo
-    click.secho(f"status: {ev.status}", fg="green" if ev.status == "ok" else "red", bold=True,
-                err=as_json)
-    for line in _summary(ev.scores):
-        say(line)
-    for w in ev.warnings:
-        loud = isinstance(w, LeakageWarning)
-        click.secho(f"warning: {w}", fg="red" if loud else "yellow", bold=loud, err=True)
-    if ev.status != "ok" and ev.scores.get("stderr_tail"):
-        _err("last lines of the submission's stderr:")
-        _err("\n".join("  " + line for line in ev.scores["stderr_tail"].splitlines()[-12:]))
+    result = run_score(zip_path, data=kw["data"], simulate_hidden=kw["simulate_hidden"], clean_too=kw["clean_too"],
+                       profile=kw["profile"], echo=None if quiet else _err, **_options(kw, progress=not quiet))
+    print_score(result, err=as_json)
     if out:
-        write_outputs(ev, out, force=force)
-        say(f"wrote {Path(out) / 'scores.json'} and {Path(out) / 'report.html'}")
+        result.save(out, force=force)
+        (_err if as_json else click.echo)(f"wrote {Path(out) / 'scores.json'} and {Path(out) / 'report.html'}")
     if as_json:
-        click.echo(scores_json(ev))
-    sys.exit(ev.exit_code)
+        click.echo(result.to_json(), nl=False)
+    sys.exit(result.exit_code)
 
 
 @main.command()
 @click.argument("results", nargs=-1, required=True, type=click.Path(exists=True))
 @_run_options
 @click.option("--json", "as_json", is_flag=True, help="Print the leaderboard as JSON.")
-def compare(results, as_json, **kw):
+@click.option("-o", "--out", "out", type=click.Path(), default=None,
+              help="Write leaderboard.json and report.html into this folder.")
+@click.option("--force", is_flag=True, help="Overwrite --out if it exists.")
+def compare(results, as_json, out, force, **kw):
     """A leaderboard of local results: score folders (from `score --out`) or zips (scored now, with --data)."""
-    import json
+    from ..api import compare as run_compare
 
-    from ..local_bench.compare import comparable_warning, format_table, leaderboard, load_result
-    from ..local_bench.evaluate import evaluate
-
-    profile = load_profile(kw.pop("profile"))
-    loaded = []
-    for r in results:
-        p = Path(r)
-        if p.is_file() and p.suffix.lower() == ".zip":
-            _err(f"scoring {p.name}")
-            ev = evaluate(p, kw["data"], profile, _options(kw, progress=False), echo=lambda _line: None)
-            loaded.append((p.name, ev.scores))
-        else:
-            loaded.append((p.name if p.is_dir() else str(p), load_result(p)))
-    rows = leaderboard(loaded)
-    if as_json:
-        click.echo(json.dumps(rows, indent=1))
-    else:
-        click.echo(format_table(rows))
-    warning = comparable_warning(rows)
-    if warning:
-        click.secho(f"warning: {warning}", fg="yellow", err=True)
+    if out:
+        check_writable(Path(out), force)
+    board = run_compare(list(results), data=kw["data"], profile=kw["profile"], echo=None,
+                        simulate_hidden=kw["simulate_hidden"], clean_too=kw["clean_too"],
+                        **_options(kw, progress=False))
+    click.echo(board.to_json(), nl=False) if as_json else click.echo(str(board))
+    if board.warning:
+        click.secho(f"warning: {board.warning}", fg="yellow", err=True)
+    if out:
+        board.save(out, force=force)
+        _err(f"wrote {Path(out) / 'leaderboard.json'} and {Path(out) / 'report.html'}")

@@ -1,0 +1,103 @@
+"""`custom_cnn`: a small residual CNN trained from scratch on a CPU, and its training-time stand-in layers.
+
+`custom_cnn(...)` has the signature of a keras.applications constructor (the backbone registry,
+subbench.builder.backbones, calls it like one). It trains with `FusedBatchNormalization`, TensorFlow's fused
+BatchNorm kernel behind Keras' BatchNormalization; export writes the Keras class in its place
+(`TRAINING_STANDINS`, read by subbench.builder.export), so the server loads a plain BatchNormalization.
+Importing this module does not import Keras.
+"""
+
+from __future__ import annotations
+
+import functools
+
+# Faster-moving BatchNorm statistics than Keras' 0.99 for layers trained from scratch (custom_cnn, heads): on a
+# small set (the demo, --limit runs) they otherwise validate with statistics lagging the weights by many steps.
+BN_MOMENTUM = 0.9
+
+
+@functools.lru_cache(maxsize=None)
+def _fused_batch_normalization_class():
+    """A keras.layers.BatchNormalization whose training-mode call is TensorFlow's fused kernel (FusedBatchNormV3).
+
+    Why: Keras 3 normalises with separate moment, subtract, scale ops; on a 2-core CPU that made BatchNorm about
+    half of custom_cnn's training step (one 64x32x32x64 BN forward+backward: 78 ms as the Keras layer, 17 ms
+    fused; whole model 1.14x faster a step at 64 px, bench/bench_custom_cnn.py). Same weights, same inference path
+    (the parent's), same moving-statistics rule; it exists only while training: export writes the Keras class
+    (`TRAINING_STANDINS`), so the server loads a plain BatchNormalization. Defined lazily: importing this
+    module must not import Keras."""
+    import keras
+
+    class FusedBatchNormalization(keras.layers.BatchNormalization):
+        def _fusable(self, inputs) -> bool:
+            return (keras.backend.backend() == "tensorflow" and len(inputs.shape) == 4
+                    and self.axis in (-1, 3) and not getattr(self, "synchronized", False)
+                    and not getattr(self, "renorm", False) and self.center and self.scale)
+
+        def call(self, inputs, training=None, mask=None):
+            if not training or mask is not None or not self.trainable or not self._fusable(inputs):
+                return super().call(inputs, training=training, mask=mask)
+            import tensorflow as tf
+
+            empty = tf.constant([], tf.float32)
+            y, mean, var, *_ = tf.raw_ops.FusedBatchNormV3(
+                x=inputs, scale=tf.cast(self.gamma, tf.float32), offset=tf.cast(self.beta, tf.float32),
+                mean=empty, variance=empty, epsilon=self.epsilon, exponential_avg_factor=1.0,
+                data_format="NHWC", is_training=True)
+            # the kernel's variance output is Bessel-corrected; Keras' moving variance uses the biased one
+            n = tf.cast(tf.reduce_prod(tf.shape(inputs)[:3]), tf.float32)
+            var = var * (n - 1.0) / n
+            m = self.momentum
+            self.moving_mean.assign(self.moving_mean * m + tf.cast(mean, self.moving_mean.dtype) * (1 - m))
+            self.moving_variance.assign(self.moving_variance * m + tf.cast(var, self.moving_variance.dtype) * (1 - m))
+            return y
+
+    return FusedBatchNormalization
+
+
+def fused_batch_normalization(**kwargs):
+    return _fused_batch_normalization_class()(**kwargs)
+
+
+# class name of a training-time stand-in -> the Keras class export writes in its place (same config, weights)
+TRAINING_STANDINS = {"FusedBatchNormalization": "BatchNormalization"}
+
+
+def custom_cnn(include_top: bool = False, weights=None, input_shape=(96, 96, 3), widths=(32, 64, 128, 256),
+               blocks=(1, 2, 2, 1), name: str = "custom_cnn", fused_batchnorm: bool = True, **_ignored):
+    """A small ResNet for a CPU (1.6 M parameters with the GAP head): stride-2 stem, basic residual blocks
+    (conv-BN-ReLU x2, projection shortcut on downsampling), stages at 1/2, 1/4, 1/8, 1/16 of the input.
+    Returns the feature map (no top, no preprocessing: like keras.applications with include_top=False).
+    Widths 32..256 rather than 24..192 (measured, the cpu recipe's hour on pbc96): with the fused BatchNorm the
+    wider net costs 1.07x the step (bench/bench_custom_cnn.py; the 0.59x that once favoured 24..192 was the Keras
+    BatchNorm's cost), reaches +1 to 1.5 points of validation accuracy at the same epoch, and scored 0.851 vs 0.841
+    on the simulated hidden set. XLA (Keras' jit_compile default) is ~2x slower on CPU (same bench).
+    `fused_batchnorm`: train with `FusedBatchNormalization` (see there; exported as BatchNormalization)."""
+    import keras
+    from keras import layers
+
+    del include_top
+    batchnorm = fused_batch_normalization if fused_batchnorm else layers.BatchNormalization
+    inp = keras.Input(input_shape, name="input")
+    x = layers.Conv2D(widths[0], 3, strides=2, padding="same", use_bias=False, name="stem_conv")(inp)
+    x = batchnorm(momentum=BN_MOMENTUM, name="stem_bn")(x)
+    x = layers.Activation("relu", name="stem_relu")(x)
+    for s, (width, count) in enumerate(zip(widths, blocks)):
+        for b in range(count):
+            stride = 2 if (s > 0 and b == 0) else 1
+            p = f"stage{s + 1}_block{b + 1}"
+            shortcut = x
+            y = layers.Conv2D(width, 3, strides=stride, padding="same", use_bias=False, name=f"{p}_conv1")(x)
+            y = batchnorm(momentum=BN_MOMENTUM, name=f"{p}_bn1")(y)
+            y = layers.Activation("relu", name=f"{p}_relu1")(y)
+            y = layers.Conv2D(width, 3, padding="same", use_bias=False, name=f"{p}_conv2")(y)
+            y = batchnorm(momentum=BN_MOMENTUM, name=f"{p}_bn2")(y)
+            if stride != 1 or shortcut.shape[-1] != width:
+                shortcut = layers.Conv2D(width, 1, strides=stride, use_bias=False, name=f"{p}_proj")(shortcut)
+                shortcut = batchnorm(momentum=BN_MOMENTUM, name=f"{p}_proj_bn")(shortcut)
+            x = layers.Add(name=f"{p}_add")([shortcut, y])
+            x = layers.Activation("relu", name=f"{p}_out")(x)
+    model = keras.Model(inp, x, name=name)
+    if weights is not None:
+        model.load_weights(weights)
+    return model

@@ -1,0 +1,213 @@
+"""The Python API: what `import subbench` offers, and what every `subbench` command calls.
+
+    import subbench
+    x, y = subbench.load_data("training_set.npz")            # or a <class>/<image> folder
+    sub = subbench.package(model, "sub.zip", tta="flips")     # an in-memory keras.Model (or paths)
+    subbench.check(sub)                                      # CheckReport: shows itself in a notebook
+    s = subbench.score(sub, data=(x_val, y_val), simulate_hidden="an2dl", clean_too=True)
+    subbench.compare({"plain": s_plain, "hidden-aware": s})  # Leaderboard
+
+Named errors (`subbench.errors.SubbenchError` and its subclasses) are raised as exceptions here; the CLI turns
+them into `error:` / `hint:` lines. A failing submission is not an error: it is a `Score` whose status says how
+it failed. This module sits at the top with the CLI: it may import builder and local_bench, nothing imports it
+but the CLI and `subbench/__init__`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Callable, Iterable, Mapping
+
+import numpy as np
+
+from subbench.datasets import Dataset, load_dataset
+from subbench.errors import DataError, SubbenchError
+from subbench.profile import Profile, load_profile
+
+
+class ApiUsageError(SubbenchError):
+    """An API function was called with arguments it does not take, or that contradict each other."""
+
+
+Echo = Callable[[str], None]
+
+
+def _silent(_line: str) -> None:
+    pass
+
+
+def _profile(profile) -> Profile:
+    return profile if isinstance(profile, Profile) else load_profile(profile)
+
+
+def _dataset(data, profile: Profile) -> Dataset | str | None:
+    """A path stays a path (it is recorded in results); (images, labels) arrays become a Dataset."""
+    if data is None or isinstance(data, Dataset):
+        return data
+    if isinstance(data, (str, os.PathLike)):
+        return os.fspath(data)
+    if isinstance(data, tuple) and len(data) == 2:
+        images, labels = (np.asarray(a) for a in data)
+        if images.dtype != np.uint8 or images.ndim != 4 or tuple(images.shape[1:]) != tuple(profile.input_shape):
+            raise DataError(f"images are {images.dtype} {images.shape}, profile {profile.name} expects uint8 "
+                            f"(N, {', '.join(map(str, profile.input_shape))})",
+                            "pass the raw uint8 images, before any rescaling")
+        labels = labels.reshape(-1).astype(np.int64)
+        if len(labels) != len(images):
+            raise DataError(f"{len(images)} images but {len(labels)} labels", "give one label per image")
+        return Dataset(images, labels, source="arrays")
+    raise DataError(f"data of type {type(data).__name__} is not a path, a Dataset or (images, labels)",
+                    "pass a path to an npz or <class>/<image> folder, or a tuple (images, labels)")
+
+
+# ------------------------------------------------------------------------------------------------ data
+def load_data(path, profile=None) -> tuple[np.ndarray, np.ndarray]:
+    """(images uint8 (N, H, W, 3), labels int64 (N,)) from an AN2DL-style npz or a <class>/<image> folder."""
+    ds = load_dataset(path, _profile(profile))
+    return ds.images, ds.labels
+
+
+def corrupt(images, preset_or_name: str = "an2dl", severity: int | None = None, seed: int = 0,
+            **params) -> np.ndarray:
+    """A corrupted copy of uint8 images: a preset ("an2dl": the AN2DL hidden set's keras_cv AugMix then
+    RandAugment; "noise") or one suite corruption (e.g. "motion_blur") at `severity` 1..5."""
+    from subbench.corrupt import corrupt_images
+
+    return corrupt_images(np.asarray(images), preset_or_name, severity=severity, seed=seed, **params)
+
+
+def augment_fn(preset: str = "an2dl", **params):
+    """The hidden-set corruption as a function for tf.data: `ds.map(lambda x, y: (fn(x), y))` on uint8 batches."""
+    from subbench.corrupt import augment_fn as make
+
+    return make(preset, **params)
+
+
+def hidden_set_augmentation(preset: str = "an2dl", **params):
+    """A Keras layer taking the raw 0..255 images: corrupts each image like the hidden set when training, the
+    identity at inference. `package` removes it from the exported model."""
+    from subbench.corrupt import hidden_set_augmentation as make
+
+    return make(preset, **params)
+
+
+# ------------------------------------------------------------------------------------------------ build
+def package(models, out, tta: str | list[str] = "none", ensemble_weights: list[float] | None = None,
+            profile=None, *, batch_size: int = 64, force: bool = False, echo: Echo | None = print):
+    """Write the upload zip from trained models: keras.Model objects in memory, or paths to .keras/.h5 files
+    (one, or a list for an ensemble averaged with `ensemble_weights`). Returns a `BuildResult` (path-like)."""
+    from subbench.builder.package import package_models
+    from subbench.builder.result import BuildResult
+    from subbench.builder.export import load_user_model
+
+    prof = _profile(profile)
+    items = list(models) if isinstance(models, (list, tuple)) else [models]
+    if not items:
+        raise ApiUsageError("no models to package", "pass a keras.Model, a path to a .keras file, or a list")
+    loaded, sources = [], []
+    for i, m in enumerate(items):
+        if isinstance(m, (str, os.PathLike)):
+            loaded.append(load_user_model(Path(m)))
+            sources.append(Path(m).name)
+        else:
+            loaded.append(m)
+            sources.append(getattr(m, "name", None) or f"model{i}")
+    pkg = package_models(loaded, Path(out), prof, tta=tta, ensemble_weights=ensemble_weights, sources=sources,
+                         batch_size=batch_size, force=force, echo=echo or _silent)
+    return BuildResult.from_package(pkg)
+
+
+def train(recipe: str | os.PathLike | None = "cpu", data=None, out=None, profile=None, *, build_dir=None,
+          split=None, resume: bool = False, force: bool = False, cpu_devices: int | None = None,
+          echo: Echo | None = print, **overrides):
+    """Train a recipe (a shipped name such as "cpu", a TOML path, or None for the defaults) on `data` (a path or
+    (images, labels)) and write the zip `out`. Keyword overrides set recipe fields (epochs=3, backbone=...).
+    Returns a `BuildResult` with the zip, the training history and the validation accuracy."""
+    from subbench.builder.recipe import Recipe, load_recipe, with_overrides
+    from subbench.builder.result import BuildResult
+    from subbench.builder.workflow import build_trained, default_build_dir
+
+    if data is None or out is None:
+        raise ApiUsageError("train needs data and out", "train(recipe='cpu', data='train.npz', out='sub.zip')")
+    prof = _profile(profile)
+    known = {f.name for f in dataclasses.fields(Recipe)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ApiUsageError(f"unknown recipe fields {unknown}", f"recipe fields are: {', '.join(sorted(known))}")
+    chosen = with_overrides(load_recipe(recipe) if recipe else Recipe(), **overrides)
+    out = Path(out)
+    build_dir = Path(build_dir) if build_dir else default_build_dir(out)
+    pkg = build_trained(chosen, _dataset(data, prof), out, prof, build_dir=build_dir,
+                        split_path=Path(split) if split else None, resume=resume, force=force,
+                        cpu_devices=cpu_devices, echo=echo or _silent)
+    return BuildResult.from_package(pkg, build_dir)
+
+
+# ------------------------------------------------------------------------------------------------ check, score
+def check(zip_path, env: str = "local", profile=None, *, time_limit: float | None = None, live: bool = True):
+    """Every reason the zip would fail on the server, found before upload (`CheckReport`; `.ok`, `.failures`).
+    env="server" runs it in the profile's TensorFlow/Keras (created once by `subbench env create`)."""
+    from subbench.local_bench.check import check_zip
+
+    return check_zip(os.fspath(zip_path), _profile(profile), env=env, time_limit_s=time_limit, live=live)
+
+
+def _score_options(simulate_hidden, clean_too: bool, options: dict):
+    from subbench.local_bench.evaluate import ScoreOptions
+
+    fields = {f.name for f in dataclasses.fields(ScoreOptions)}
+    unknown = sorted(set(options) - fields)
+    if unknown:
+        raise ApiUsageError(f"score takes no option {unknown}", f"options are: {', '.join(sorted(fields))}")
+    return ScoreOptions(simulate_hidden=simulate_hidden, clean_too=clean_too, **options)
+
+
+def score(zip_path, data=None, simulate_hidden: str | None = None, clean_too: bool = False, profile=None, *,
+          echo: Echo | None = None, **options):
+    """Run the zip the way Codabench does (fresh process, the server's layout, one time limit) and score it.
+
+    data: a path, (images, labels), or None for the data and held-out split recorded in the zip by `train`.
+    simulate_hidden: None, "an2dl" (the hidden set's corruption), "noise" or "suite" (robustness table).
+    options: env, cwd, time_limit_s, memory_limit_mb, chunk, hidden_size, server_speed, split, use_all, seed,
+    cross_cwd, suite_size, progress, keep_run_dir (see `subbench score --help`). Returns a `Score`."""
+    from subbench.local_bench.evaluate import evaluate
+
+    prof = _profile(profile)
+    opts = _score_options(simulate_hidden, clean_too, options)
+    return evaluate(os.fspath(zip_path), _dataset(data, prof), prof, opts, echo=echo or _silent)
+
+
+def compare(results, data=None, profile=None, *, echo: Echo | None = None, **options):
+    """A `Leaderboard` of local results: `Score` objects, score folders / scores.json files, or zips (scored
+    now on `data` with `options`). A mapping {name: result} names the rows; otherwise names come from the
+    results."""
+    from subbench.local_bench.results import Leaderboard, Score
+
+    named = results.items() if isinstance(results, Mapping) else [(None, r) for r in _as_list(results)]
+    prof = None
+    scored = []
+    for name, r in named:
+        if isinstance(r, Score):
+            s = r
+        elif Path(os.fspath(r)).suffix.lower() == ".zip":
+            prof = prof or _profile(profile)
+            s = score(r, data=data, profile=prof, echo=echo, **options)
+        else:
+            s = Score.load(r)
+        scored.append((name or _default_name(r, s), s))
+    return Leaderboard.from_scores(scored)
+
+
+def _as_list(results) -> list:
+    if isinstance(results, (str, os.PathLike)) or not isinstance(results, Iterable):
+        return [results]
+    return list(results)
+
+
+def _default_name(ref, s) -> str:
+    if isinstance(ref, (str, os.PathLike)):
+        p = Path(os.fspath(ref))
+        return p.name if p.suffix.lower() == ".zip" or p.is_dir() else str(p)
+    return s.name

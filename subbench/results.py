@@ -1,0 +1,122 @@
+"""What every typed result shares: a schema version, JSON round trips, saving, and an inline HTML view.
+
+The result types themselves live where they are made (`subbench.local_bench.results.Score` and `Leaderboard`,
+`subbench.local_bench.check.CheckReport`, `subbench.builder.result.BuildResult`). Each is a dataclass whose fields
+hold data only (numbers, enum statuses, nested dataclasses); the words and figures a person reads are drawn
+from them by the `html()` of each type, which `_repr_html_` shows inline in Jupyter and Colab.
+
+    from_plain(Score, json.loads(text))      # nested dataclasses, enums and tuples rebuilt from the type hints
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import json
+import os
+import types
+import typing
+from pathlib import Path
+
+import numpy as np
+
+from .atomic import atomic_path
+
+# Version of the JSON files written by results (scores.json, check.json, leaderboard.json, build.json). 2 added
+# the version itself, typed statuses and dropped the display strings (title, subtitle) that version 1 held.
+SCHEMA_VERSION = 2
+
+
+def to_plain(value):
+    """JSON-ready copy: dataclasses to dicts (fields marked `serialize=False` left out), enums to their values,
+    tuples to lists, numpy scalars/arrays and paths to Python values."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: to_plain(getattr(value, f.name)) for f in dataclasses.fields(value)
+                if f.metadata.get("serialize", True)}
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, dict):
+        return {str(k): to_plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_plain(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    return value
+
+
+def _convert(tp, value):
+    if value is None:
+        return None
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(tp):
+            if arg is not type(None):
+                return _convert(arg, value)
+    if origin is dict:
+        _, vt = typing.get_args(tp) or (str, typing.Any)
+        return {k: _convert(vt, v) for k, v in value.items()}
+    if origin is list:
+        (et,) = typing.get_args(tp) or (typing.Any,)
+        return [_convert(et, v) for v in value]
+    if origin is tuple:
+        return tuple(value)
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+        return from_plain(tp, value)
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        return tp(value)
+    if tp is Path:
+        return Path(value)
+    return value
+
+
+def from_plain(cls, data: dict):
+    """The dataclass `cls` rebuilt from `to_plain`'s output; keys it does not know are ignored, so files written
+    by a newer subbench still load."""
+    hints = typing.get_type_hints(cls)
+    kwargs = {f.name: _convert(hints[f.name], data[f.name]) for f in dataclasses.fields(cls)
+              if f.init and f.name in data}
+    return cls(**kwargs)
+
+
+class ResultMixin:
+    """`to_dict`, `to_json`, `save(folder)` and `_repr_html_` for a result dataclass.
+
+    A subclass sets `file_stem` (the JSON file's name in a saved folder) and implements `html()`: a
+    self-contained fragment (scoped CSS, images as data URIs, no script, no network)."""
+
+    file_stem = "result"
+
+    def to_dict(self) -> dict:
+        return {"schema": SCHEMA_VERSION, **to_plain(self)}
+
+    def to_json(self, indent: int | None = 1) -> str:
+        return json.dumps(self.to_dict(), indent=indent) + "\n"
+
+    def html(self) -> str:  # pragma: no cover - every result type overrides it
+        raise NotImplementedError
+
+    def page(self) -> str:
+        """The fragment as a whole HTML page (report.html)."""
+        return ("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
+                f"<title>subbench {self.file_stem}</title></head><body>{self.html()}</body></html>")
+
+    def _repr_html_(self) -> str:
+        return self.html()
+
+    def _extra_files(self) -> dict[str, bytes]:
+        return {}
+
+    def save(self, folder, force: bool = False) -> Path:
+        """Write `<file_stem>.json` and `report.html` (plus any files of the result type) into `folder`,
+        atomically: the folder appears whole or not at all; an existing one needs force=True."""
+        with atomic_path(folder, force=force) as tmp:
+            tmp.mkdir(parents=True)
+            (tmp / f"{self.file_stem}.json").write_text(self.to_json(), encoding="utf-8")
+            (tmp / "report.html").write_text(self.page(), encoding="utf-8")
+            for name, data in self._extra_files().items():
+                (tmp / name).write_bytes(data)
+        return Path(folder)
