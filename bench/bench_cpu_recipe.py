@@ -1,4 +1,4 @@
-"""Issue 6 benchmark: the `cpu` recipe on 2 CPU cores, then `subbench score --simulate-hidden` on its held-out split.
+"""The `cpu` recipe benchmark: the recipe on 2 CPU cores, then `subbench score --simulate-hidden` on its held-out split.
 
 Prints, from one run:
   1. augmentation cost: training throughput with `--augment heavy` vs `none`, same model, side by side
@@ -64,9 +64,7 @@ def augmentation_cost(data: Path, rounds: int, steps: int) -> None:
     def compiled(dtype_policy: str):
         keras.mixed_precision.set_global_policy(dtype_policy)
         try:
-            m = build_model(recipe.backbone, input_size=recipe.input_size,
-                            edge_channels=recipe.edge_channels,
-                            equalized_channels=recipe.equalized_channels).model
+            m = build_model(recipe.backbone, input_size=recipe.input_size, inputs=recipe.inputs).model
             m.compile(optimizer="adamw", loss="categorical_crossentropy", jit_compile=False)
             return m
         finally:

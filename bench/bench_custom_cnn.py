@@ -1,4 +1,4 @@
-"""Step time of `custom_cnn` (subbench.builder.models) on this machine's CPU, training at batch 64 on 96x96.
+"""Step time of `custom_cnn` (subbench.builder.custom_cnn) on this machine's CPU, training at batch 64 on 96x96.
 
 Builds the model exactly as `build_model("custom_cnn")` does (Rescaling inside, GAP head, float32 softmax),
 compiles it with AdamW and categorical cross-entropy, and times `train_on_batch` on random 0..255 images
@@ -24,11 +24,10 @@ VARIANTS = {
     "default, Keras BatchNorm (not fused)": {"fused_batchnorm": False},
     # --mixed-precision on a CPU with AMX / AVX-512 BF16 (builder/precision.py); "policy" is not a custom_cnn option
     "default, mixed_bfloat16 policy": {"policy": "mixed_bfloat16"},
-    # --edge-channels: 6 Sobel channels in float32 before the bf16 net ("build": build_model options)
-    "default, bf16, edge channels": {"policy": "mixed_bfloat16", "build": {"edge_channels": True}},
-    # --equalized-channels as well: 3 soft-histogram-equalised channels (17 knots) in float32
-    "default, bf16, edge + equalized channels": {"policy": "mixed_bfloat16",
-                                                 "build": {"edge_channels": True, "equalized_channels": True}},
+    # --inputs edges: 6 Sobel channels in float32 before the bf16 net ("inputs": build_model's input branches)
+    "default, bf16, edge channels": {"policy": "mixed_bfloat16", "inputs": "edges"},
+    # --inputs edges,equalized: 3 soft-histogram-equalised channels (17 knots) in float32 as well
+    "default, bf16, edge + equalized channels": {"policy": "mixed_bfloat16", "inputs": "edges,equalized"},
     "(24,48,96,192)x(1,2,2,1)": {"widths": (24, 48, 96, 192)},
     "(32,64,128,256)x(1,1,2,1)": {"blocks": (1, 1, 2, 1)},
     "(32,64,128,256)x(1,1,1,1)": {"blocks": (1, 1, 1, 1)},
@@ -60,28 +59,30 @@ def main() -> None:
         tf.config.threading.set_inter_op_parallelism_threads(args.threads)
     import keras
 
-    from subbench.builder import models
+    from subbench.builder import custom_cnn as cnn
+    from subbench.builder.input_branches import InputBranches
+    from subbench.builder.models import build_model
 
     rng = np.random.default_rng(0)
     x = rng.uniform(0, 255, (args.batch, 96, 96, 3)).astype("float32")
     y = np.eye(8, dtype="float32")[rng.integers(0, 8, args.batch)]
 
     runs = {}
-    original = models.custom_cnn
+    original = cnn.custom_cnn
     for name, kw in variants.items():
         for jit in {"both": (True, False), "on": (True,), "off": (False,)}[args.xla]:
             kw = dict(kw)
             keras.mixed_precision.set_global_policy(kw.pop("policy", "float32"))
-            build = kw.pop("build", {})
-            models.custom_cnn = lambda *a, _kw=kw, **k: original(*a, **{**k, **_kw})
-            built = models.build_model("custom_cnn", input_size=args.input_size, **build)
+            inputs = InputBranches.from_names(kw.pop("inputs", None))
+            cnn.custom_cnn = lambda *a, _kw=kw, **k: original(*a, **{**k, **_kw})
+            built = build_model("custom_cnn", input_size=args.input_size, inputs=inputs)
             built.model.compile(keras.optimizers.AdamW(1e-3), "categorical_crossentropy", jit_compile=jit)
             keras.mixed_precision.set_global_policy("float32")
             t0 = time.perf_counter()
             built.model.train_on_batch(x, y)       # trace (and XLA-compile)
             runs[(name, jit)] = {"model": built.model, "params": built.model.count_params(),
                                  "first": time.perf_counter() - t0, "times": []}
-    models.custom_cnn = original
+    cnn.custom_cnn = original
 
     for _ in range(args.rounds):
         for run in runs.values():

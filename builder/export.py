@@ -82,6 +82,8 @@ def load_user_model(path: Path):
     """Load a user's model file for packaging, with a named error instead of Keras' traceback."""
     import keras
 
+    import subbench.corrupt.layers  # noqa: F401  registers HiddenSetAugmentation (package_models strips it)
+
     if not path.exists():
         raise ExportError(f"model file {path} does not exist", "give the path of a .keras (or .h5) model file")
     try:

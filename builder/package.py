@@ -151,7 +151,6 @@ def package_models(models: list, out_zip: Path, profile: Profile, *, tta: str | 
 
 def package_files(model_paths: list[Path], out_zip: Path, profile: Profile, **kwargs) -> PackageResult:
     """`subbench build --from A.keras [--from B.keras]`: load each file, then package_models."""
-    import subbench.corrupt.layers  # noqa: F401  registers HiddenSetAugmentation, so files holding it load
     from subbench.builder.export import load_user_model
 
     check_writable(Path(out_zip), kwargs.get("force", False))

@@ -228,7 +228,7 @@ def _legacy_inputs(table: dict, where: str) -> dict:
         if set(given.names()) & {LEGACY_INPUT_KEYS[k] for k in legacy} != set(names):
             raise RecipeError(f"{where}: [model] inputs = {table['inputs']!r} contradicts "
                               + ", ".join(f"{k} = {str(v).lower()}" for k, v in legacy.items()),
-                              f"keep inputs only (the older keys {', '.join(legacy)} mean the same)")
+                              f"give inputs only ({', '.join(legacy)}: its older spelling)")
         names += given.names()
     rest = {k: v for k, v in table.items() if k not in LEGACY_INPUT_KEYS}
     return {**rest, "inputs": list(InputBranches.from_names(names).names())}

@@ -43,6 +43,9 @@ class BuildResult(ResultMixin):
     def __fspath__(self) -> str:
         return os.fspath(self.zip_path)
 
+    def __str__(self) -> str:  # the zip's path, like str() of a Path; repr() shows the fields
+        return os.fspath(self.zip_path)
+
     @classmethod
     def from_package(cls, package, build_dir: Path | None = None) -> "BuildResult":
         """From builder.package's PackageResult, plus the build folder's summary.json and log.jsonl."""

@@ -190,21 +190,9 @@ def train(recipe: Recipe, images: np.ndarray, labels: np.ndarray, val_images: np
     import keras
 
     from subbench.builder.heads import HeadConfig
-    from subbench.builder.losses import class_weights
-    from subbench.builder.models import build_model, set_backbone_trainable
+    from subbench.builder.models import build_model
 
-    build_dir.mkdir(parents=True, exist_ok=True)
-    state_path = build_dir / STATE
-    if resume and state_path.exists():
-        state = json.loads(state_path.read_text())
-        if state["recipe"] != recipe.to_dict():
-            changed = sorted(k for k, v in recipe.to_dict().items() if state["recipe"].get(k) != v)
-            raise TrainingError(f"--resume with other options than the interrupted build ({', '.join(changed)})",
-                                "repeat the original command with --resume, or pass --force to start over")
-    else:
-        state = {"recipe": recipe.to_dict(), "phases": {}, "done": []}
-        for stale in ("log.jsonl", "log.csv"):
-            (build_dir / stale).unlink(missing_ok=True)
+    state = _open_state(build_dir, recipe, resume)
     policy = "float32"
     if recipe.mixed_precision:
         from subbench.builder.precision import mixed_precision_policy
@@ -222,88 +210,150 @@ def train(recipe: Recipe, images: np.ndarray, labels: np.ndarray, val_images: np
             built = build_model(recipe.backbone, num_classes=num_classes, input_shape=images.shape[1:],
                                 input_size=recipe.input_size, weights=recipe.weights, head=head, seed=recipe.seed,
                                 inputs=recipe.inputs)
-        index = oversample_index(labels, recipe.seed) if recipe.balance == "oversample" else None
-        cw = class_weights(labels, num_classes) if recipe.balance == "weights" else None
         # The training time budget starts before the heavy bank is computed: the bank is part of training.
         deadline = time.monotonic() + recipe.max_train_minutes * 60 if recipe.max_train_minutes else None
-        bank = None
-        if recipe.augment == "heavy" and recipe.heavy_bank > 0:
-            t0 = time.monotonic()
-            bank = heavy_bank(images, recipe.heavy_bank, recipe.seed, progress=progress)
-            echo(f"heavy augmentation: {recipe.heavy_bank} corrupted copies of the training set computed in "
-                 f"{time.monotonic() - t0:.0f} s")
-        train_ds = make_dataset(images, one_hot(labels, num_classes), batch_size=recipe.batch_size,
-                                augment=recipe.augment, seed=recipe.seed, index=index, bank=bank)
-        val_ds = None
-        if val_images is not None and len(val_images):
-            val_ds = make_dataset(val_images, one_hot(val_labels, num_classes), batch_size=recipe.batch_size,
-                                  shuffle=False)
-        steps = int(train_ds.cardinality())   # batches a pass: the epoch of the repeated dataset fit() runs on
-        phases = plan_phases(recipe, epochs, early_stopping=val_ds is not None)
-        monitor = "val_accuracy" if val_ds is not None else "accuracy"
-        history: list[dict] = []
-        for phase in phases:
-            best_path = build_dir / f"{phase.name}.best.weights.h5"
-            if phase.name in state["done"]:
-                if best_path.exists():
-                    built.model.load_weights(best_path)
-                echo(f"{phase.name}: done in an earlier run, weights restored")
-                continue
-            set_backbone_trainable(built, phase.unfreeze)
-            time_cosine = recipe.schedule == "cosine" and deadline is not None
-            with strategy.scope():
-                _compile(built, recipe, phase.learning_rate, steps, phase.epochs, step_cosine=not time_cosine)
-            echo(f"{phase.name}: {phase.epochs} epochs, lr {phase.learning_rate:g}, "
-                 f"backbone {phase.unfreeze:.0%} trainable")
-            prior = state["phases"].get(phase.name, {})
-            callbacks = [
-                keras.callbacks.BackupAndRestore(str(build_dir / "backup" / phase.name)),
-                keras.callbacks.ModelCheckpoint(str(best_path), monitor=monitor, save_best_only=True,
-                                                save_weights_only=True, mode="max",
-                                                initial_value_threshold=prior.get("best_val_accuracy")),
-                _EpochLog.make(build_dir, phase.name, state),
-                keras.callbacks.CSVLogger(str(build_dir / "log.csv"), append=True),
-            ]
-            if phase.early_stopping:
-                callbacks.append(keras.callbacks.EarlyStopping(monitor=monitor, mode="max", patience=recipe.patience))
-            if recipe.schedule == "plateau":
-                callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor="val_loss" if val_ds else "loss",
-                                                                   factor=0.5, patience=max(1, recipe.patience // 2)))
-            if deadline is not None:
-                if time.monotonic() >= deadline:
-                    echo(f"{phase.name}: skipped, the training time budget is spent")
-                    state["done"].append(phase.name)
-                    continue
-                callbacks.append(_time_budget(deadline))
-                if time_cosine:
-                    callbacks.append(_time_cosine(phase.learning_rate, time.monotonic(), deadline))
-            if progress:
-                from tqdm.keras import TqdmCallback
-                callbacks.append(TqdmCallback(verbose=0, desc=phase.name))
-            # One iterator for the whole phase (a repeated dataset with steps_per_epoch: Keras keeps the iterator
-            # across epochs). Why: Keras otherwise drops each epoch's iterator, and tearing down a pipeline with
-            # a numpy_function stage blocked the main thread 7-52 s at 0% CPU (py-spy: ~IteratorResource waiting
-            # on a tf.data thread), 137 s of 17 minutes in the cpu recipe's benchmark. Each pass over the data
-            # still reshuffles and redraws its augmentation keys (rerandomize_each_iteration).
-            built.model.fit(train_ds.repeat(), steps_per_epoch=steps, validation_data=val_ds, epochs=phase.epochs,
-                            callbacks=callbacks, class_weight=cw, verbose=0,
-                            shuffle=False)  # the tf.data pipeline shuffles
-            if best_path.exists():
-                built.model.load_weights(best_path)
-            else:  # no validation improvement recorded (e.g. no validation set): keep the last weights
-                built.model.save_weights(best_path)
-            state["done"].append(phase.name)
-            write_text_atomic(state_path, json.dumps(state, indent=1), force=True)
+        run = _Run(recipe, built, strategy, *_datasets(recipe, images, labels, val_images, val_labels, num_classes,
+                                                         progress, echo), build_dir, state, deadline, progress, echo)
+        for phase in plan_phases(recipe, epochs, early_stopping=run.val_ds is not None):
+            _run_phase(run, phase)
+        history = []
         if (build_dir / "log.jsonl").exists():
             history = [json.loads(line) for line in (build_dir / "log.jsonl").read_text().splitlines() if line]
         best_epochs = {p: v.get("best_epoch") for p, v in state["phases"].items()}
         val_acc = None
-        if val_ds is not None:
-            val_acc = float(built.model.evaluate(val_ds, verbose=0, return_dict=True)["accuracy"])
+        if run.val_ds is not None:
+            val_acc = float(built.model.evaluate(run.val_ds, verbose=0, return_dict=True)["accuracy"])
         return TrainResult(built, history, best_epochs, val_acc, policy)
     finally:
         if policy != "float32":
             keras.mixed_precision.set_global_policy("float32")
+
+
+def _open_state(build_dir: Path, recipe: Recipe, resume: bool) -> dict:
+    """The build folder's state: read back for --resume (same options only), else new (and old logs removed)."""
+    build_dir.mkdir(parents=True, exist_ok=True)
+    state_path = build_dir / STATE
+    if resume and state_path.exists():
+        state = json.loads(state_path.read_text())
+        if state["recipe"] != recipe.to_dict():
+            changed = sorted(k for k, v in recipe.to_dict().items() if state["recipe"].get(k) != v)
+            raise TrainingError(f"--resume with other options than the interrupted build ({', '.join(changed)})",
+                                "repeat the original command with --resume, or pass --force to start over")
+        return state
+    for stale in ("log.jsonl", "log.csv"):
+        (build_dir / stale).unlink(missing_ok=True)
+    return {"recipe": recipe.to_dict(), "phases": {}, "done": []}
+
+
+def _datasets(recipe: Recipe, images, labels, val_images, val_labels, num_classes: int, progress: bool, echo):
+    """(training dataset, validation dataset or None, class weights or None, batches a pass) as the recipe's
+    augment, heavy_bank and balance say."""
+    from subbench.builder.losses import class_weights
+
+    index = oversample_index(labels, recipe.seed) if recipe.balance == "oversample" else None
+    cw = class_weights(labels, num_classes) if recipe.balance == "weights" else None
+    bank = None
+    if recipe.augment == "heavy" and recipe.heavy_bank > 0:
+        t0 = time.monotonic()
+        bank = heavy_bank(images, recipe.heavy_bank, recipe.seed, progress=progress)
+        echo(f"heavy augmentation: {recipe.heavy_bank} corrupted copies of the training set computed in "
+             f"{time.monotonic() - t0:.0f} s")
+    train_ds = make_dataset(images, one_hot(labels, num_classes), batch_size=recipe.batch_size,
+                            augment=recipe.augment, seed=recipe.seed, index=index, bank=bank)
+    val_ds = None
+    if val_images is not None and len(val_images):
+        val_ds = make_dataset(val_images, one_hot(val_labels, num_classes), batch_size=recipe.batch_size,
+                              shuffle=False)
+    steps = int(train_ds.cardinality())   # batches a pass: the epoch of the repeated dataset fit() runs on
+    return train_ds, val_ds, cw, steps
+
+
+@dataclass
+class _Run:
+    """What every phase of one train() call shares."""
+    recipe: Recipe
+    built: object
+    strategy: object
+    train_ds: object
+    val_ds: object
+    class_weight: dict | None
+    steps: int
+    build_dir: Path
+    state: dict
+    deadline: float | None    # time.monotonic() when the training time budget is spent
+    progress: bool
+    echo: object
+
+    @property
+    def monitor(self) -> str:
+        return "val_accuracy" if self.val_ds is not None else "accuracy"
+
+
+def _run_phase(run: _Run, phase: Phase) -> None:
+    """Train one phase (or restore it, done in an earlier run); its best weights end up loaded and saved."""
+    from subbench.builder.models import set_backbone_trainable
+
+    built, state, echo = run.built, run.state, run.echo
+    best_path = run.build_dir / f"{phase.name}.best.weights.h5"
+    if phase.name in state["done"]:
+        if best_path.exists():
+            built.model.load_weights(best_path)
+        echo(f"{phase.name}: done in an earlier run, weights restored")
+        return
+    set_backbone_trainable(built, phase.unfreeze)
+    time_cosine = run.recipe.schedule == "cosine" and run.deadline is not None
+    with run.strategy.scope():
+        _compile(built, run.recipe, phase.learning_rate, run.steps, phase.epochs, step_cosine=not time_cosine)
+    echo(f"{phase.name}: {phase.epochs} epochs, lr {phase.learning_rate:g}, "
+         f"backbone {phase.unfreeze:.0%} trainable")
+    if run.deadline is not None and time.monotonic() >= run.deadline:
+        echo(f"{phase.name}: skipped, the training time budget is spent")
+        state["done"].append(phase.name)
+        return
+    # One iterator for the whole phase (a repeated dataset with steps_per_epoch: Keras keeps the iterator
+    # across epochs). Why: Keras otherwise drops each epoch's iterator, and tearing down a pipeline with
+    # a numpy_function stage blocked the main thread 7-52 s at 0% CPU (py-spy: ~IteratorResource waiting
+    # on a tf.data thread), 137 s of 17 minutes in the cpu recipe's benchmark. Each pass over the data
+    # still reshuffles and redraws its augmentation keys (rerandomize_each_iteration).
+    built.model.fit(run.train_ds.repeat(), steps_per_epoch=run.steps, validation_data=run.val_ds,
+                    epochs=phase.epochs, callbacks=_callbacks(run, phase, best_path, time_cosine),
+                    class_weight=run.class_weight, verbose=0, shuffle=False)  # the tf.data pipeline shuffles
+    if best_path.exists():
+        built.model.load_weights(best_path)
+    else:  # no validation improvement recorded (e.g. no validation set): keep the last weights
+        built.model.save_weights(best_path)
+    state["done"].append(phase.name)
+    write_text_atomic(run.build_dir / STATE, json.dumps(state, indent=1), force=True)
+
+
+def _callbacks(run: _Run, phase: Phase, best_path: Path, time_cosine: bool) -> list:
+    """Checkpoints (every epoch, and the best), logs, early stopping, the schedule's and the time budget's."""
+    import keras
+
+    recipe, build_dir = run.recipe, run.build_dir
+    prior = run.state["phases"].get(phase.name, {})
+    callbacks = [
+        keras.callbacks.BackupAndRestore(str(build_dir / "backup" / phase.name)),
+        keras.callbacks.ModelCheckpoint(str(best_path), monitor=run.monitor, save_best_only=True,
+                                        save_weights_only=True, mode="max",
+                                        initial_value_threshold=prior.get("best_val_accuracy")),
+        _EpochLog.make(build_dir, phase.name, run.state),
+        keras.callbacks.CSVLogger(str(build_dir / "log.csv"), append=True),
+    ]
+    if phase.early_stopping:
+        callbacks.append(keras.callbacks.EarlyStopping(monitor=run.monitor, mode="max", patience=recipe.patience))
+    if recipe.schedule == "plateau":
+        callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor="val_loss" if run.val_ds else "loss",
+                                                           factor=0.5, patience=max(1, recipe.patience // 2)))
+    if run.deadline is not None:
+        callbacks.append(_time_budget(run.deadline))
+        if time_cosine:
+            callbacks.append(_time_cosine(phase.learning_rate, time.monotonic(), run.deadline))
+    if run.progress:
+        from tqdm.keras import TqdmCallback
+
+        callbacks.append(TqdmCallback(verbose=0, desc=phase.name))
+    return callbacks
 
 
 def plot_curves(history: list[dict], path: Path) -> Path | None:

@@ -28,7 +28,8 @@ TRAINING_ONLY_LAYERS = {"AugMix", "RandAugment", "RandomFlip", "RandomRotation",
                         "RandomGaussianBlur", "RandomShear", "RandomColorJitter", "RandomColorDegeneration",
                         "RandomHue", "RandomSaturation", "RandomSharpness", "RandomPosterization",
                         "RandomInvert", "RandomPerspective", "RandomElasticTransform", "RandomGrayscale",
-                        "CutMix", "MixUp", "Solarization", "Equalization", "AutoContrast"}
+                        "CutMix", "MixUp", "Solarization", "Equalization", "AutoContrast",
+                        "HiddenSetAugmentation"}   # subbench's own: subbench.package removes it
 
 
 # Private modules whose classes keras_introspect.py lists one by one (keyed "module.ClassName").
@@ -150,6 +151,8 @@ def find_problems(model_config: dict, table: KeyTable) -> list[Finding]:
             out.append(Finding("mixed_precision", cls, node.layer, "dtype", inner_dtype))
         if cls in TRAINING_ONLY_LAYERS and _is_layerish(obj):
             out.append(Finding("training_only", cls, node.layer))
+            if obj.get("registered_name", "").startswith("subbench>"):
+                continue   # one finding for our layer, not a second as an unknown custom class
         registered = obj.get("registered_name")
         module = obj.get("module") or ""
         if registered and registered != cls and not module.startswith("keras"):
@@ -245,7 +248,8 @@ _HINTS = {
                        "('float32') and copy the weights (subbench build does this for models it trains)",
     "missing_class": "that layer class does not exist in the server's Keras; rebuild without it",
     "training_only": "augmentation layers belong in the training pipeline: rebuild the model without them "
-                     "(they are identity at inference anyway)",
+                     "(they are identity at inference anyway); subbench.package / build --from remove "
+                     "subbench's hidden_set_augmentation by themselves",
     "custom_class": "a custom class must be defined and registered in model.py before loading; prefer built-in "
                     "layers",
 }

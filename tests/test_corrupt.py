@@ -238,7 +238,8 @@ def test_augment_fn_numpy(cells):
 
 
 def test_augment_fn_in_tf_data(cells):
-    tf = pytest.importorskip("tensorflow")
+    import tensorflow as tf
+
     fn = augment_fn("an2dl")
     labels = np.arange(len(cells))
     ds = tf.data.Dataset.from_tensor_slices((cells, labels)).batch(8)

@@ -4,7 +4,7 @@ A fixed small CNN (seeded) is trained for 12 epochs on 2,931 other pbc96 images,
 plus one copy corrupted by our an2dl (training on our output makes the check more sensitive to any
 difference, not less). The same 1,000 clean images (every 12th file, all classes) are then corrupted
 6 times by keras_cv's AugMix + RandAugment (tf.function, batches of 128) and 12 times by ours; both outputs
-are clipped and truncated to uint8. Checks (issue 4):
+are clipped and truncated to uint8. Checks:
 - |accuracy(keras_cv) - accuracy(ours)| <= 2 points;
 - mean per-image |corrupted - clean| differs by <= 5% (relative).
 The accuracy difference is random (keras_cv's layers cannot be seeded reproducibly in graph mode): with
@@ -63,7 +63,7 @@ def small_cnn(x, y):
 
 def keras_cv_an2dl(images: np.ndarray) -> np.ndarray:
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-    keras_cv = pytest.importorskip("keras_cv")
+    import keras_cv
     import tensorflow as tf
 
     augmix = keras_cv.layers.AugMix(value_range=(0, 255))
@@ -74,7 +74,6 @@ def keras_cv_an2dl(images: np.ndarray) -> np.ndarray:
 
 
 def test_an2dl_matches_keras_cv_as_a_distribution(split):
-    pytest.importorskip("keras_cv")
     from subbench.corrupt import apply_preset
 
     x_train, y_train, x_eval, y_eval = split

@@ -1,4 +1,4 @@
-"""Fidelity of the `an2dl` preset to keras_cv 0.9, op by op (default run; skipped if keras-cv is absent).
+"""Fidelity of the `an2dl` preset to keras_cv 0.9, op by op (default run; needs the dev extra's keras-cv).
 
 For a fixed image and fixed magnitudes, each op of subbench.corrupt.an2dl (looked up by the same op index
 keras_cv uses) is compared with keras_cv's own code path: AugMix._apply_op(image, k) with a constant
@@ -21,8 +21,8 @@ import numpy as np
 import pytest
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-keras_cv = pytest.importorskip("keras_cv")
-tf = pytest.importorskip("tensorflow")
+import keras_cv  # noqa: E402  (the dev extra: the reference this file compares with; missing = fail)
+import tensorflow as tf  # noqa: E402
 
 from subbench.corrupt import an2dl, kcv_ops  # noqa: E402
 from subbench.data.synthetic import cell_like_images  # noqa: E402

@@ -1,6 +1,6 @@
 """Acceptance on real cells: pbc96 plus junk planted the way AN2DL's training_set.npz was built.
 
-Needs ../shared (skipped without it). Issue 3: inspect/clean find >= 99% of the planted junk and remove <= 1% of
+Needs ../shared (skipped without it). The goal: inspect/clean find >= 99% of the planted junk and remove <= 1% of
 the real cells (the originals of planted label conflicts count as removed real cells).
 """
 

@@ -1,12 +1,11 @@
-"""builder.losses and builder.optim: seed 000's focal loss against a hand computation, class weights,
-optimizers and schedules stepping real Keras variables."""
+"""builder.losses and builder.optim: the focal loss of the 'Overfitting Gods' team report against a hand
+computation, class weights, optimizers and schedules stepping real Keras variables."""
 
 from __future__ import annotations
 
+import keras
 import numpy as np
 import pytest
-
-keras = pytest.importorskip("keras")
 
 from subbench.builder.losses import (  # noqa: E402
     FocalLoss, LossConfigError, class_weights, focal_loss, make_loss,
@@ -23,8 +22,8 @@ def _batch(n=16, k=8, seed=0):
     return np.eye(k)[rng.integers(0, k, n)].astype("float32"), probs.astype("float32")
 
 
-def seed000_focal(y_true, y_pred, S=0.05, alpha=1.0, gamma=0.5):
-    """Seed 000, eqs. 1 and 2, written out in numpy; mean over the batch."""
+def reports_focal(y_true, y_pred, S=0.05, alpha=1.0, gamma=0.5):
+    """The report's eqs. 1 and 2, written out in numpy; mean over the batch."""
     k = y_true.shape[1]
     y_s = y_true * (1 - S - S / (k - 1)) + S / (k - 1)
     p = np.clip(y_pred.astype(np.float64), 1e-7, 1 - 1e-7)
@@ -32,15 +31,15 @@ def seed000_focal(y_true, y_pred, S=0.05, alpha=1.0, gamma=0.5):
     return per_sample.mean()
 
 
-def test_focal_loss_matches_seed_000_by_hand():
+def test_focal_loss_matches_the_reports_equations_by_hand():
     y, p = _batch()
     got = float(focal_loss()(y, p))                         # defaults: S = 0.05, alpha = 1, gamma = 0.5
-    assert got == pytest.approx(seed000_focal(y, p), rel=1e-5)
+    assert got == pytest.approx(reports_focal(y, p), rel=1e-5)
     got = float(make_loss("focal", label_smoothing=0.1, gamma=2.0, alpha=0.25)(y, p))
-    assert got == pytest.approx(seed000_focal(y, p, S=0.1, alpha=0.25, gamma=2.0), rel=1e-5)
+    assert got == pytest.approx(reports_focal(y, p, S=0.1, alpha=0.25, gamma=2.0), rel=1e-5)
 
 
-def test_focal_loss_smoothing_is_the_seeds_not_keras():
+def test_focal_loss_smoothing_is_the_reports_not_keras():
     """True class keeps 1 - S, the K-1 others share S (eq. 1); Keras' own smoothing would give S/K to all."""
     y, p = _batch()
     ours = float(FocalLoss(gamma=0.0, alpha=1.0, label_smoothing=0.2)(y, p))

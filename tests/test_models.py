@@ -15,10 +15,9 @@ import urllib.request
 import zipfile
 from pathlib import Path
 
+import keras
 import numpy as np
 import pytest
-
-keras = pytest.importorskip("keras")
 
 from subbench.builder.backbones import BACKBONES, BackboneSpec, ModelConfigError  # noqa: E402
 from subbench.builder.custom_cnn import custom_cnn  # noqa: E402
@@ -350,8 +349,10 @@ def test_model_ships_clean_float32_under_mixed_precision_and_reloads(name, head,
 # ---------------------------------------------------------------------------------------------- weights
 
 @pytest.fixture
-def offline(monkeypatch):
-    """Downloads fail for real: every URL goes through a proxy on a port that refuses connections."""
+def offline(monkeypatch, tmp_path):
+    """Downloads fail for real: every URL goes through a proxy on a port that refuses connections, and Keras'
+    cache is an empty folder (a machine that has the weights cached still runs the download path)."""
+    monkeypatch.setattr("keras.src.backend.config._KERAS_DIR", str(tmp_path))    # exists: writable, so used
     for var in ("no_proxy", "NO_PROXY"):
         monkeypatch.delenv(var, raising=False)
     for var in ("https_proxy", "HTTPS_PROXY", "http_proxy", "HTTP_PROXY"):
@@ -361,17 +362,16 @@ def offline(monkeypatch):
     urllib.request.install_opener(None)
 
 
-def _skip_if_cached(spec):
+def _cache_target(spec):
     target = keras_cache_dir() / spec.weights_file
-    if target.exists():
-        pytest.skip(f"{target} is cached: imagenet weights load without a download here")
+    assert not target.exists() and str(target).startswith(keras.src.backend.config.keras_home())
     return target
 
 
 @pytest.mark.filterwarnings("ignore:`input_shape` is undefined:UserWarning")   # MobileNetV3 at 96 px
 def test_imagenet_offline_names_the_file_and_where_to_put_it(offline):
     spec = BACKBONES["mobilenetv3_small"]
-    target = _skip_if_cached(spec)
+    target = _cache_target(spec)
     with pytest.raises(WeightsUnavailableError) as err:
         build_model("mobilenetv3_small", weights="imagenet")
     assert spec.weights_file in err.value.cause
@@ -393,7 +393,7 @@ URL_CHECKED = sorted(set(SMALLEST.values()) - {"custom_cnn"}) + ["convnext_small
 @pytest.mark.filterwarnings("ignore::UserWarning")
 def test_registry_weight_files_are_the_ones_keras_downloads(name, offline):
     spec = BACKBONES[name]
-    _skip_if_cached(spec)
+    _cache_target(spec)
     with pytest.raises(WeightsUnavailableError) as err:
         build_model(name, weights="imagenet")
     assert f"on {spec.weights_origin}:" in str(err.value.__cause__)
@@ -422,8 +422,8 @@ def test_path_weights_round_trip(name, tmp_path):
 
 def test_path_weights_in_keras_legacy_h5_format_load(tmp_path):
     """Keras' ImageNet files are legacy (topological) .h5; the same format written from a backbone loads."""
-    h5py = pytest.importorskip("h5py")
-    legacy = pytest.importorskip("keras.src.legacy.saving.legacy_h5_format")
+    import h5py                                              # a Keras dependency
+    from keras.src.legacy.saving import legacy_h5_format as legacy   # the writer of Keras' ImageNet files
     src = smallest("vgg16")
     path = tmp_path / "vgg16_legacy.h5"
     with h5py.File(path, "w") as f:

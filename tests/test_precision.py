@@ -34,13 +34,13 @@ def test_policy_float16_on_gpu_bfloat16_on_a_bf16_cpu_float32_elsewhere():
     assert policy == "float32" and "TF_ENABLE_ONEDNN_OPTS" in why
 
 
-keras = pytest.importorskip("keras")
+import keras  # noqa: E402  (a required dependency: a missing one fails, it is not skipped)
 
 
 def test_fused_batchnorm_under_bfloat16_matches_keras_batchnorm(keras_policy):
     """The fused kernel takes bfloat16 activations with float32 scale/offset; outputs agree with the Keras layer
     to bfloat16's precision, and the moving statistics stay float32 and move the same way."""
-    from subbench.builder.models import fused_batch_normalization
+    from subbench.builder.custom_cnn import fused_batch_normalization
 
     keras_policy("mixed_bfloat16")
     x = np.random.default_rng(0).normal(3.0, 2.0, (16, 8, 8, 24)).astype("float32")

@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 from conftest import run_cli
-from subbench.builder.recipe import RecipeError, load_recipe, shipped_recipes, with_overrides
+from subbench.builder.input_branches import InputBranchError, InputBranches
+from subbench.builder.recipe import CHOICES, RecipeError, load_recipe, shipped_recipes, with_overrides
 from subbench.local_bench.check import check_zip
 from subbench.profile import load_profile
 
@@ -39,15 +40,23 @@ def _manifest(zip_path: Path) -> dict:
         return json.loads(zf.read("manifest.json"))
 
 
+SHIPPED = {"cpu": "custom_cnn", "convnext-xlarge-focal": "convnext_xlarge", "efficientnetv2s-lion": "efficientnetv2_s",
+           "vgg16-oversample": "vgg16", "convnext-base-nadam": "convnext_base",
+           "efficientnetv2b0-lion": "efficientnetv2_b0"}
+
+
 def test_shipped_recipes_load():
-    names = shipped_recipes()
-    assert {"cpu", "seed000", "seed001", "seed002", "seed003", "seed004"} <= set(names)
-    seed0 = load_recipe("seed000")
-    assert (seed0.backbone, seed0.head, seed0.loss, seed0.label_smoothing, seed0.focal_gamma) == \
+    assert set(SHIPPED) <= set(shipped_recipes())
+    for name, backbone in SHIPPED.items():
+        recipe = load_recipe(name)
+        assert (recipe.name, recipe.backbone) == (name, backbone)
+        assert name == "cpu" or "team report" in recipe.description    # where it comes from
+    focal = load_recipe("convnext-xlarge-focal")
+    assert (focal.backbone, focal.head, focal.loss, focal.label_smoothing, focal.focal_gamma) == \
         ("convnext_xlarge", "inception", "focal", 0.05, 0.5)
-    assert seed0.kfold == 5 and seed0.final and seed0.finetune_phases == 3
-    assert load_recipe("cpu").backbone == "custom_cnn"
-    assert with_overrides(seed0, epochs=3, tta=None).epochs == 3
+    assert focal.kfold == 5 and focal.final and focal.finetune_phases == 3
+    assert load_recipe("cpu").inputs == InputBranches(("edges",))
+    assert with_overrides(focal, epochs=3, tta=None).epochs == 3
 
 
 def test_bad_recipe(tmp_path):
@@ -70,6 +79,53 @@ def test_recipe_values_are_checked_when_read(tmp_path, line, named):
     (tmp_path / "r.toml").write_text(line + "\n")
     with pytest.raises(RecipeError, match=named):
         load_recipe(tmp_path / "r.toml")
+
+
+@pytest.mark.parametrize("model, inputs", [("inputs = ['edges', 'equalized']", ("edges", "equalized")),
+                                           ("inputs = []", ()),
+                                           ("edge_channels = true", ("edges",)),
+                                           ("edge_channels = true\nequalized_channels = false", ("edges",)),
+                                           ("equalized_channels = true\ninputs = ['edges', 'equalized']",
+                                            ("edges", "equalized"))])
+def test_recipe_inputs_and_the_older_boolean_keys(tmp_path, model, inputs):
+    (tmp_path / "r.toml").write_text(f"[model]\n{model}\n")
+    recipe = load_recipe(tmp_path / "r.toml")
+    assert recipe.inputs.names() == inputs and recipe.to_dict()["inputs"] == list(inputs)
+
+
+def test_unknown_or_contradicting_input_branches_are_named_errors(tmp_path):
+    (tmp_path / "r.toml").write_text("[model]\ninputs = ['edges', 'sobel']\n")
+    with pytest.raises(InputBranchError, match=r"r.toml: unknown input branch 'sobel'") as err:
+        load_recipe(tmp_path / "r.toml")
+    assert "edges, equalized" in err.value.hint
+    (tmp_path / "r.toml").write_text("[model]\ninputs = ['edges']\nedge_channels = false\n")
+    with pytest.raises(RecipeError, match="contradicts edge_channels = false"):
+        load_recipe(tmp_path / "r.toml")
+    with pytest.raises(InputBranchError, match="unknown input branch 'sobel'"):
+        with_overrides(load_recipe("cpu"), inputs="sobel")
+    assert with_overrides(load_recipe("cpu"), inputs="none").inputs == InputBranches()
+    with pytest.raises(RecipeError, match="backbone = 'resnet18' is not one of"):
+        with_overrides(load_recipe("cpu"), backbone="resnet18")
+
+
+def test_cli_choices_are_the_registries(tmp_path):
+    """Each choice-taking option of `subbench build` offers what its module's registry holds, as the recipe check
+    accepts it; --inputs reads the branch registry, a wrong name is one named error."""
+    import click
+
+    from subbench.cli.build import build
+
+    params = {p.name: p for p in build.params}
+    for option, field in (("head", "head"), ("loss", "loss"), ("optimizer", "optimizer"), ("schedule", "schedule"),
+                          ("augment", "augment"), ("balance", "balance"), ("strategy", "strategy"), ("tta", "tta")):
+        assert isinstance(params[option].type, click.Choice)
+        assert tuple(params[option].type.choices) == tuple(CHOICES[field]), option
+    assert CHOICES["tta"] == ("none", "flips", "d4", "auto")
+    assert params["inputs"].metavar == "edges,equalized|none"
+    res = run_cli("build", "--recipe", "cpu", "--inputs", "edges,sobel", "--data", "x.npz", "-o", "x.zip",
+                  cwd=tmp_path)
+    assert res.returncode == 2 and not any(tmp_path.iterdir()) and "InputBranchError" in res.stderr and "'sobel'" in res.stderr
+    assert "Traceback" not in res.stderr
 
 
 def test_a_bad_recipe_value_is_one_named_error_on_the_command_line(tmp_path, tiny_npz):
@@ -100,8 +156,13 @@ def test_build_trains_packages_and_records_the_split(tiny_npz, tmp_path):
     assert np.array_equal(np.bincount(labels[hold], minlength=8), np.full(8, 3))   # stratified
     assert len(split["train_hashes"]) == 72
     assert manifest["training"]["recipe"]["backbone"] == "custom_cnn"
-    assert manifest["training"]["tta"]["preset"] in ("none", "flips", "d4")
-    assert len(manifest["training"]["tta"]["candidates"]) == 3
+    tta = manifest["training"]["tta"]           # the chooser's rule re-applied to the candidates it recorded
+    cands = tta["candidates"]
+    assert [c["preset"] for c in cands] == ["none", "flips", "d4"]
+    kept = [c for c in cands if c["fits"] and c["accuracy"] >= cands[0]["accuracy"]]
+    want = max(kept, key=lambda c: len(c["views"])) if kept else cands[0]
+    assert tta["preset"] == want["preset"] and [c["preset"] for c in cands if c["chosen"]] == [want["preset"]]
+    assert manifest["tta"]["views"] == tta["views"] == want["views"]          # and the zip applies those views
     build_dir = tmp_path / "sub.build"
     for name in ("curves.png", "summary.json", "main/log.jsonl", "main/state.json"):
         assert (build_dir / name).exists(), name
@@ -115,20 +176,19 @@ def test_build_trains_packages_and_records_the_split(tiny_npz, tmp_path):
 
 
 def test_cpu_recipe_builds_with_its_heavy_bank_at_64_px(tiny_npz, tmp_path):
-    """The cpu recipe end to end, shortened: heavy augmentation from a bank of corrupted copies, 64 px and the edge
-    channels (and, by flag, the equalised ones) inside a model that takes the profile's 96 px, a zip that passes
-    check."""
+    """The cpu recipe end to end, shortened: heavy augmentation from a bank of corrupted copies, 64 px and the input
+    branches (the recipe's edges and, by flag, the equalised ones too) inside a model that takes the profile's
+    96 px, a zip that passes check."""
     out = tmp_path / "sub.zip"
     res = run_cli("build", "--recipe", "cpu", "--data", str(tiny_npz), "--epochs", "1", "--batch-size", "16",
-                  "--heavy-bank", "2", "--weight-decay", "0.02", "--tta", "none", "--equalized-channels",
+                  "--heavy-bank", "2", "--weight-decay", "0.02", "--tta", "none", "--inputs", "equalized,edges",
                   "-o", str(out))
     assert res.returncode == 0, res.stdout + res.stderr
     assert "heavy augmentation: 2 corrupted copies of the training set" in res.stdout
     recipe = _manifest(out)["training"]["recipe"]
     assert (recipe["augment"], recipe["heavy_bank"], recipe["input_size"]) == ("heavy", 2, 64)
     assert recipe["weight_decay"] == 0.02 and recipe["learning_rate"] == 3e-3   # flag over recipe, rest kept
-    assert recipe["edge_channels"] is True                                      # the recipe's own
-    assert recipe["equalized_channels"] is True
+    assert recipe["inputs"] == ["edges", "equalized"]                          # the flag's, registry order
     config = zipfile.ZipFile(zipfile.ZipFile(out).open("weights.keras")).read("config.json").decode()
     assert '"pre_with_extra_channels"' in config and '"pre_eq_lookup"' in config and '"pre_sobel"' in config
     assert check_zip(out, PROFILE).ok

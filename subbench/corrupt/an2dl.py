@@ -1,6 +1,6 @@
 """The `an2dl` preset: keras_cv 0.9 `AugMix` then `RandAugment`, default arguments, value range 0..255.
 
-This is how the AN2DL 2024 hidden test set was made (seed reports 000 and 003). keras_cv 0.9 maps its layers
+This is how the AN2DL 2024 hidden test set was made (teams reproduced it with these layers; the 'Overfitting Gods' team report describes it). keras_cv 0.9 maps its layers
 over the batch with tf.map_fn, so every image draws its own ops and magnitudes; we do the same, drawing every
 random number for all N images up front (so an image's result depends only on the seed and its index, not on
 the chunking or thread count), then applying each op once per group of images that drew it.

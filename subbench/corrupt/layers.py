@@ -1,21 +1,16 @@
 """The hidden-set corruption as a training-only Keras 3 layer, and its removal before a model ships.
 
-    import keras, subbench.corrupt as sc
-    inputs = keras.Input((96, 96, 3))                       # raw 0..255 pixels, as the server sends them
-    x = sc.hidden_set_augmentation("an2dl")(inputs)         # corrupts each image in fit, identity in predict
-    x = keras.layers.Rescaling(1 / 255)(x)                  # ... the rest of the model
-    model = keras.Model(inputs, keras.layers.Dense(8, activation="softmax")(keras.layers.Flatten()(x)))
+`hidden_set_augmentation()` (example in its docstring) goes right after the model's input. With
+`training=True` (model.fit, train_on_batch) it casts the batch to uint8 (rounded, clipped to 0..255), corrupts it
+with the numpy simulator through tf.numpy_function (`augment_fn`: each image draws its own ops and magnitudes,
+as keras_cv 0.9 did), and casts back to the input dtype. With training False/None it returns its input
+unchanged. The seed of each call comes from a keras.random.SeedGenerator, so keras.utils.set_random_seed (or the
+layer's `seed`) makes a run repeatable. TensorFlow backend only for training (the identity at inference works on
+any backend); the call cannot be XLA-compiled, so the layer sets `supports_jit = False` and `fit` runs the model
+without XLA. It has no gradient: nothing trainable may come before it.
 
-`subbench build` (builder/package.py `package_models`) removes the layer before export with
+`subbench build` / `subbench.package` (builder/package.py `package_models`) remove it before export with
 `strip_augmentation(model)`: the server's Keras does not have the class, and it does nothing at inference.
-
-With `training=True` (model.fit, train_on_batch) the layer casts the batch to uint8 (rounded, clipped to
-0..255), corrupts it with the numpy simulator through tf.numpy_function (`augment_fn`: each image draws its own
-ops and magnitudes, as keras_cv 0.9 did), and casts back to the input dtype. With training False/None it
-returns its input unchanged. The seed of each call comes from a keras.random.SeedGenerator, so
-keras.utils.set_random_seed (or the layer's `seed`) makes a run repeatable. TensorFlow backend only (the
-identity at inference works on any backend); the call cannot be XLA-compiled, so the layer sets
-`supports_jit = False` and `fit` runs the model without XLA. Put it right after the input: it has no gradient.
 """
 
 from __future__ import annotations
@@ -28,8 +23,8 @@ from .errors import CorruptionInputError
 
 _SEED_MAX = 2 ** 31 - 1
 STRIP_NOTE = "removed the training-only HiddenSetAugmentation layer"
-STRIP_HINT = ("apply the augmentation in tf.data with subbench.corrupt.augment_fn, or build the model "
-              "functionally (keras.Input -> hidden_set_augmentation -> ...) or as a keras.Sequential")
+STRIP_HINT = ("apply the augmentation in tf.data with subbench.augment_fn, or build the model functionally "
+              "(keras.Input -> hidden_set_augmentation -> ...) or as a keras.Sequential")
 
 
 class AugmentationStripError(ExportError):
@@ -110,9 +105,16 @@ class HiddenSetAugmentation(keras.layers.Layer):
 
 def hidden_set_augmentation(preset: str = "an2dl", *, seed: int | None = None, name: str | None = None,
                             **params) -> HiddenSetAugmentation:
-    """A training-only layer that corrupts each image like the hidden set (see the module doc and its example).
+    """A training-only layer: corrupts each image like the hidden set in fit, the identity in predict.
 
-    `params`: the preset's parameters (e.g. sigma=10 for "noise"); an unknown preset raises UnknownPresetError.
+        inputs = keras.Input((96, 96, 3))                           # raw 0..255 pixels, as the server sends them
+        x = subbench.corrupt.hidden_set_augmentation("an2dl")(inputs)   # corrupted when training only
+        x = keras.layers.Rescaling(1 / 255)(x)                      # ... then your backbone and head
+        model = keras.Model(inputs, keras.layers.Dense(8, activation="softmax")(keras.layers.Flatten()(x)))
+        model.compile("adam", "sparse_categorical_crossentropy"); model.fit(images, labels)   # package() strips it
+
+    `preset`: "an2dl" or "noise" (what `augment_fn` takes; unknown: UnknownPresetError); `params`: the preset's
+    parameters (e.g. sigma=10 for "noise"); `seed`: the layer's SeedGenerator seed; `name`: the layer name.
     """
     return HiddenSetAugmentation(preset=preset, params=params, seed=seed, name=name)
 

@@ -20,7 +20,7 @@ from .errors import (CorruptionInputError, UnknownCorruptionError, UnknownPreset
 PRESETS = ("an2dl", "noise", "suite")
 PRESET_HELP = {
     "an2dl": "keras_cv 0.9 AugMix then RandAugment, defaults, sampled per image (the AN2DL 2024 hidden set)",
-    "noise": "additive Gaussian white noise of sigma grey levels (0..255 scale; seed 001's 'dirt' test set)",
+    "noise": "additive Gaussian white noise of sigma grey levels (0..255 scale; the 'dirt' test set of the ANNamo team report)",
     "suite": "every corruption in CORRUPTIONS at severities 1-5 (robustness table)",
 }
 PRESET_PARAMS = {"an2dl": {}, "noise": {"sigma": 25.0}}     # sigma in grey levels (0..255)
