@@ -128,11 +128,12 @@ def run_model(name: str, extra: dict, data: Path, out: Path, profile, do_check: 
 
     recipe, opts = recipe_for(name, extra)
     lines: list[str] = []
+    t_model = time.perf_counter()
 
     def echo(msg=""):
         lines.append(str(msg))
         if verbose:
-            print(f"    [{name}] {msg}", flush=True)
+            print(f"    [{name} {time.perf_counter() - t_model:6.1f} s] {msg}", flush=True)
 
     print(f"\n== {name}: cpu recipe + {json.dumps({k: v for k, v in opts.items()})}  (load {load()})", flush=True)
     zip_path = out / f"{name}.zip"

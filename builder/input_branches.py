@@ -158,7 +158,7 @@ class InputBranches:
     branches: tuple[str, ...] = ()
 
     def __post_init__(self):
-        names = tuple(self.branches)
+        names = (self.branches,) if isinstance(self.branches, str) else tuple(self.branches)
         unknown = [n for n in names if n not in INPUT_BRANCHES]
         if unknown:
             raise InputBranchError(f"unknown input branch {unknown[0]!r}",

@@ -235,6 +235,7 @@ def _open_state(build_dir: Path, recipe: Recipe, resume: bool) -> dict:
     state_path = build_dir / STATE
     if resume and state_path.exists():
         state = json.loads(state_path.read_text())
+        state["recipe"] = _current_form(state["recipe"])
         if state["recipe"] != recipe.to_dict():
             changed = sorted(k for k, v in recipe.to_dict().items() if state["recipe"].get(k) != v)
             raise TrainingError(f"--resume with other options than the interrupted build ({', '.join(changed)})",
@@ -243,6 +244,18 @@ def _open_state(build_dir: Path, recipe: Recipe, resume: bool) -> dict:
     for stale in ("log.jsonl", "log.csv"):
         (build_dir / stale).unlink(missing_ok=True)
     return {"recipe": recipe.to_dict(), "phases": {}, "done": []}
+
+
+def _current_form(stored: dict) -> dict:
+    """A recipe from state.json as Recipe.to_dict() writes it now (builds before `inputs` stored a boolean per
+    input branch), so that such a build resumes."""
+    from subbench.builder.recipe import LEGACY_INPUT_KEYS
+
+    if "inputs" in stored:
+        return stored
+    current = {k: v for k, v in stored.items() if k not in LEGACY_INPUT_KEYS}
+    current["inputs"] = [name for key, name in LEGACY_INPUT_KEYS.items() if stored.get(key)]
+    return current
 
 
 def _datasets(recipe: Recipe, images, labels, val_images, val_labels, num_classes: int, progress: bool, echo):

@@ -163,7 +163,7 @@ class BundleScore(ResultMixin):
         detailed_results.html) into folder, atomically."""
         with atomic_path(folder, force=force) as tmp:
             if self.artifacts is not None and Path(self.artifacts).is_dir():
-                shutil.copytree(self.artifacts, tmp, symlinks=False)
+                shutil.copytree(self.artifacts, tmp, symlinks=True)  # a program's link is kept as a link
             else:
                 tmp.mkdir(parents=True)
             (tmp / f"{self.file_stem}.json").write_text(self.to_json(), encoding="utf-8")
@@ -294,7 +294,9 @@ class BundleInfo(ResultMixin):
                 if d.imports:
                     out.append(f"    imports {', '.join(d.imports)}"
                                + (f"; not installed here: {', '.join(d.missing_imports)}" if d.missing_imports
-                                  else ""))
+                                  else "")
+                               + (" (or the submission's own modules)" if d.missing_imports
+                                  and d.kind == "ingestion_program" else ""))
                 if d.app_paths_in_code:
                     out.append(f"    names /app paths in its code: {', '.join(d.app_paths_in_code)}")
                 if d.note:

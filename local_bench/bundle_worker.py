@@ -153,10 +153,8 @@ def _unshare_prefix() -> list[str] | None:
 
 @functools.lru_cache(maxsize=1)
 def namespace_support() -> tuple[bool, str]:
-    """(usable, why not): can a program here see the run folder at /app/... in a private mount namespace?"""
-    forced = os.environ.get(APP_MODE_VAR, "")
-    if forced == "rewrite":
-        return False, f"${APP_MODE_VAR}=rewrite"
+    """(usable, why not): can a program here see the run folder at /app/... in a private mount namespace?
+    Probed once per process: a real namespace, a bind, a chroot and a Python run inside it."""
     prefix = _unshare_prefix()
     if prefix is None:
         return False, "no `unshare` (util-linux) on this system" if sys.platform.startswith("linux") else \
@@ -180,8 +178,12 @@ def namespace_support() -> tuple[bool, str]:
 
 
 def app_mode() -> tuple[str, str]:
+    """("namespace", "") or ("rewrite", why); $SUBBENCH_APP_PATHS=rewrite|namespace forces one."""
+    forced = os.environ.get(APP_MODE_VAR, "")
+    if forced == "rewrite":
+        return "rewrite", f"${APP_MODE_VAR}=rewrite"
     ok, why = namespace_support()
-    if not ok and os.environ.get(APP_MODE_VAR) == "namespace":
+    if not ok and forced == "namespace":
         raise BundleRunError(f"${APP_MODE_VAR}=namespace but {why}", f"unset {APP_MODE_VAR} to allow the rewrite")
     return ("namespace", "") if ok else ("rewrite", why)
 
@@ -433,8 +435,13 @@ class Step:
         module = _missing_module(text)
         if module:
             run.missing_module = module
-            self.warnings.append(f"the {run.role} imports {module}, not installed in {self.python}; the "
-                                 f"competition's image is {self.image}")
+            ingested = self._mounts(run.kind).get("/app/ingested_program")
+            if ingested is not None and ((ingested / f"{module}.py").exists() or (ingested / module).is_dir()):
+                self.warnings.append(f"the {run.role} could not import the submission's module {module} (the "
+                                     "submission is at /app/ingested_program)")
+            else:
+                self.warnings.append(f"the {run.role} imports {module}, not installed in {self.python}; the "
+                                     f"competition's image is {self.image}")
 
     # Run.push_scores
     def push_scores(self) -> tuple[object, str]:
@@ -702,6 +709,8 @@ def probe_imports(python: str, names: list[str]) -> dict[str, str]:
 def _app_paths_in_code(folder: Path) -> list[str]:
     hits = []
     for path in sorted(folder.rglob("*")):
+        if path.name in ("metadata", "metadata.yaml"):
+            continue  # the command's /app paths are the worker's own, handled either way
         if path.is_file() and path.suffix in (".py", ".sh", ".R", ".r", ".jl", "") and path.stat().st_size < 1 << 20:
             try:
                 if APP_PATH.search(path.read_text(encoding="utf-8", errors="replace")):
@@ -717,7 +726,7 @@ def inspect_bundle(path, python: str, strict: bool = True) -> BundleInfo:
     with tempfile.TemporaryDirectory(prefix="subbench-inspect-") as tmp:
         bundle = open_bundle(path, tmp, strict=strict)
         mode, why = app_mode()
-        infos, seen = [], {}
+        infos, seen, path_warnings = [], {}, []
         for index in sorted(bundle.tasks):
             task = bundle.tasks[index]
             data, missing = [], []
@@ -762,9 +771,10 @@ def inspect_bundle(path, python: str, strict: bool = True) -> BundleInfo:
                     d.missing_imports = [n for n in d.imports if status.get(n) == "no"]
                     d.app_paths_in_code = _app_paths_in_code(folder)
                     if d.app_paths_in_code and mode == "rewrite":
-                        missing.append(f"{kind} {ref.name} names /app paths in its code "
-                                       f"({', '.join(d.app_paths_in_code[:3])}) and this system has no private mount "
-                                       f"namespace ({why})")
+                        path_warnings.append(
+                            f"task {index}: {kind} {ref.name} names /app paths in its code "
+                            f"({', '.join(d.app_paths_in_code[:3])}); without a private mount namespace ({why}) only "
+                            "the paths its command passes are rewritten, the others do not resolve")
                 data.append(d)
             if task.get("scoring_program") is None and not task.server_key:
                 missing.append("no scoring program")
@@ -778,7 +788,7 @@ def inspect_bundle(path, python: str, strict: bool = True) -> BundleInfo:
         cols, _ = map_columns(bundle, None)
         phases = [PhaseInfo(p.index, p.name, p.tasks, p.execution_time_limit, bundle.effective_time_limit(p),
                             p.start, p.end) for p in bundle.phases]
-        warnings = list(bundle.warnings)
+        warnings = list(bundle.warnings) + path_warnings
         if mode == "rewrite":
             warnings.append(f"no private mount namespace here ({why}): /app paths in commands will be rewritten")
         return BundleInfo(str(path), bundle.version, bundle.title, bundle.docker_image, bundle.queue,

@@ -211,3 +211,65 @@ def _default_name(ref, s) -> str:
         p = Path(os.fspath(ref))
         return p.name if p.suffix.lower() == ".zip" or p.is_dir() else str(p)
     return s.name
+
+
+# ------------------------------------------------------------------------------------------------ bundles
+def _bundle_python(python, env: str, profile) -> str:
+    """The interpreter a bundle's programs run in: `python` when given, else env "local" (this one) or "server"
+    (the profile's environment)."""
+    if python:
+        return os.fspath(python)
+    from subbench.server_env import resolve_python
+
+    return resolve_python(env, _profile(profile))
+
+
+def score_bundle(zip_path, bundle, phase: str | int | None = None, task: int | None = None, *, python=None,
+                 env: str = "local", profile=None, time_limit: float | None = None, out=None, force: bool = False,
+                 strict: bool = True, echo: Echo | None = None):
+    """Run a submission (zip or folder) through a Codabench competition bundle (zip or folder) the way the
+    compute worker does: the prediction step (the bundle's ingestion program, the submission's `metadata`
+    command, or a results-only copy), then the scoring step, each under the phase's time limit.
+
+    phase: name or index (default: the first); task: index within the phase (default: its first);
+    python: the interpreter the programs run in (default: env "local" = this one, "server" = the profile's);
+    out: a folder for bundle_score.json, report.html, logs and outputs; strict: unknown competition.yaml keys are
+    errors. Returns a `BundleScore` (`.status` Finished/Failed, `.failure`, `.columns`, `.value`)."""
+    from subbench.local_bench.bundle_worker import score_with_bundle
+
+    return score_with_bundle(zip_path, bundle, phase=phase, task=task, python=_bundle_python(python, env, profile),
+                             time_limit=time_limit, out=out, force=force, strict=strict, echo=echo or _silent)
+
+
+def bundle_inspect(bundle, *, python=None, env: str = "local", profile=None, strict: bool = True):
+    """What a bundle holds and what a local run of it lacks (`BundleInfo`: phases, tasks, programs, data,
+    leaderboard columns, time limits, docker image; `.runnable`)."""
+    from subbench.local_bench.bundle_worker import inspect_bundle
+
+    return inspect_bundle(os.fspath(bundle), _bundle_python(python, env, profile), strict=strict)
+
+
+def bundle_make(data, out, profile=None, *, simulate_hidden: str | None = None, seed: int = 0, split=None,
+                use_all: bool = False, docker_image: str | None = None, title: str | None = None,
+                force: bool = False, echo: Echo | None = print) -> Path:
+    """Write a Codabench bundle (version 2) scoring the profile's submissions on `data` like `score` does (same
+    images, same ingestion program, same statuses); returns the zip's path."""
+    from subbench.local_bench.bundle_make import make_profile_bundle
+
+    prof = _profile(profile)
+    return make_profile_bundle(prof, _dataset(data, prof), out, simulate_hidden=simulate_hidden, seed=seed,
+                               split=os.fspath(split) if split else None, use_all=use_all, docker_image=docker_image,
+                               title=title, force=force, echo=echo or _silent)
+
+
+def compare_bundles(results):
+    """A `BundleLeaderboard` of bundle results (`BundleScore` objects or folders written by
+    `score_bundle(..., out=DIR)`), ranked by the bundle's first leaderboard column."""
+    from subbench.local_bench.bundle_result import BundleLeaderboard, BundleScore
+
+    named = results.items() if isinstance(results, Mapping) else [(None, r) for r in _as_list(results)]
+    loaded = []
+    for name, r in named:
+        s = r if isinstance(r, BundleScore) else BundleScore.load(r)
+        loaded.append((name or (_default_name(r, s) if not isinstance(r, BundleScore) else s.name), s))
+    return BundleLeaderboard.from_results(loaded)

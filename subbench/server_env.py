@@ -121,3 +121,75 @@ def resolve_python(env: str, profile: Profile) -> str:
                              f"{profile.server_keras} (looked in {folder})",
                              "create it once with `subbench env create` (a few minutes, needs pip access)")
     return str(_python_in(folder))
+
+
+# ------------------------------------------------------------------------------------------------ requirements
+def requirements_env_dir(requirements: str | Path, python: str | None = None) -> Path:
+    """The cached environment for a requirements file: keyed by its content and the base interpreter's version,
+    so an edited file or another Python makes another environment."""
+    import hashlib
+
+    req = Path(requirements)
+    base = str(python or sys.executable)
+    version = _python_version(base)
+    digest = hashlib.sha256(req.read_bytes() + f"\0{version}".encode()).hexdigest()[:12]
+    stem = "".join(c if c.isalnum() or c in "-_" else "_" for c in req.stem)[:40] or "requirements"
+    return cache_root() / "envs" / f"req-{stem}-{digest}-py{version.replace('.', '')[:3]}"
+
+
+def _python_version(python: str) -> str:
+    if str(python) == sys.executable:
+        return f"{sys.version_info[0]}.{sys.version_info[1]}"
+    try:
+        out = subprocess.run([str(python), "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+                             capture_output=True, text=True, timeout=60)
+    except OSError as exc:
+        raise ServerEnvError(f"cannot run {python} ({exc.strerror or exc})", "give --python PATH to a Python "
+                             "interpreter") from None
+    if out.returncode != 0:
+        raise ServerEnvError(f"{python} is not a working Python interpreter", "give --python PATH to one")
+    return out.stdout.strip()
+
+
+def create_from_requirements(requirements: str | Path, python: str | None = None, force: bool = False,
+                             echo=print) -> Path:
+    """Make (once) a virtualenv with a requirements file installed (an old competition image's packages, e.g.
+    numpy 1.x); return its interpreter. Cached under cache_root()/envs/ like the server environment; ready once
+    its env.json exists."""
+    req = Path(requirements)
+    if not req.is_file():
+        raise ServerEnvError(f"requirements file {req} does not exist", "give a pip requirements file")
+    base = str(python or sys.executable)
+    folder = requirements_env_dir(req, base)
+    marker = folder / "env.json"
+    py = _python_in(folder)
+    if marker.exists() and not force:
+        echo(f"environment exists: {folder}")
+        echo(f"python: {py}")
+        return py
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    echo(f"creating {folder.name} from {req} in {folder}")
+
+    def run(cmd: list[str], what: str) -> str:
+        echo(f"  $ {' '.join(cmd)}")
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=str(req.resolve().parent))
+        if proc.returncode != 0:
+            tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-5:])
+            raise ServerEnvError(f"{what} failed (exit {proc.returncode}): {tail}",
+                                 "check the requirements (old pins need an old Python: --python PATH) and pip access")
+        return proc.stdout
+
+    run([base, "-m", "venv", str(folder)], "creating the virtualenv")
+    lines = [ln.strip() for ln in req.read_text(encoding="utf-8").splitlines()]
+    if any(ln and not ln.startswith("#") for ln in lines):
+        run([str(py), "-m", "pip", "install", "-q", "--disable-pip-version-check", "-r", str(req.resolve())],
+            f"installing {req.name}")
+    freeze = run([str(py), "-m", "pip", "freeze", "--disable-pip-version-check"], "listing the packages")
+    version = _python_version(str(py))
+    write_text_atomic(marker, json.dumps({"requirements": str(req.resolve()), "python": version,
+                                          "python_path": str(py), "packages": freeze.split()}, indent=1), force=True)
+    echo(f"ready: Python {version}, {len(freeze.split())} packages")
+    echo(f"python: {py}")
+    return py

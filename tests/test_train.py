@@ -93,6 +93,16 @@ def test_recipe_inputs_and_the_older_boolean_keys(tmp_path, model, inputs):
     assert recipe.inputs.names() == inputs and recipe.to_dict()["inputs"] == list(inputs)
 
 
+def test_a_build_from_before_inputs_resumes():
+    """state.json of an older build holds edge_channels/equalized_channels: read as inputs, so --resume goes on."""
+    from subbench.builder.train import _current_form
+
+    now = load_recipe("cpu").to_dict()
+    older = {k: v for k, v in now.items() if k != "inputs"}
+    older.update(edge_channels=True, equalized_channels=False)
+    assert _current_form(older) == now and _current_form(now) is now
+
+
 def test_unknown_or_contradicting_input_branches_are_named_errors(tmp_path):
     (tmp_path / "r.toml").write_text("[model]\ninputs = ['edges', 'sobel']\n")
     with pytest.raises(InputBranchError, match=r"r.toml: unknown input branch 'sobel'") as err:

@@ -17,8 +17,16 @@ def env():
 @env.command("create")
 @profile_option
 @click.option("--force", is_flag=True, help="Re-create it even if it exists.")
-def env_create(profile, force):
-    """Create (once) the virtualenv with the profile's server versions."""
+@click.option("--requirements", "requirements", type=click.Path(exists=True, dir_okay=False), default=None,
+              metavar="FILE", help="Instead: a virtualenv with this pip requirements file (a competition image's old "
+              "packages, e.g. numpy<2), cached by content; prints its python for `score --bundle --python`.")
+@click.option("--python", "python", default=None, metavar="PATH",
+              help="With --requirements: the base interpreter (default: this one).")
+def env_create(profile, force, requirements, python):
+    """Create (once) the virtualenv with the profile's server versions, or one from --requirements."""
+    if requirements:
+        server_env.create_from_requirements(requirements, python=python, force=force, echo=click.echo)
+        return
     server_env.create(load_profile(profile), force=force, echo=click.echo)
 
 
@@ -29,7 +37,12 @@ def env_list():
     if not envs:
         click.echo("no server environments; create one with `subbench env create`")
     for e in envs:
-        state = f"TF {e.get('tensorflow')} / Keras {e.get('keras')}" if e["ready"] else "unfinished"
+        if not e["ready"]:
+            state = "unfinished"
+        elif "requirements" in e:
+            state = f"Python {e.get('python')} + {e['requirements']}"
+        else:
+            state = f"TF {e.get('tensorflow')} / Keras {e.get('keras')}"
         click.echo(f"{e['name']}\t{state}\t{e['path']}")
 
 

@@ -121,15 +121,30 @@ def print_score(s, err: bool = False) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print scores.json to stdout (messages go to stderr).")
 @click.option("--keep-run-dir", is_flag=True, help="Keep the run folder (program/, ingested_program/, ...).")
 @click.option("-q", "--quiet", is_flag=True, help="No per-stage lines or progress bars.")
+@click.option("--bundle", "bundle", type=click.Path(exists=True), default=None, metavar="BUNDLE",
+              help="Run ZIP through this Codabench competition bundle (zip or folder) instead: its own ingestion and "
+                   "scoring programs, the worker's two steps. With --phase, --task, --python, --time-limit, --env.")
+@click.option("--phase", default=None, metavar="NAME|INDEX", help="With --bundle: the phase (default: the first).")
+@click.option("--task", default=None, type=int, metavar="INDEX", help="With --bundle: the task (default: the "
+              "phase's first).")
+@click.option("--python", "python", default=None, metavar="PATH",
+              help="With --bundle: the interpreter the programs run in (default: --env's).")
+@click.option("--ignore-unknown-keys", is_flag=True, help="With --bundle: competition.yaml keys Codabench does not "
+              "know are warnings, not errors.")
 def score(zip_path, out, force, as_json, quiet, **kw):
     """Run ZIP exactly as Codabench does, time it, score it and report it.
 
     Exit code: 0 ok, 2 bad input; a failed run exits with its status: 11 Import_Error, 12 Init_Error,
     13 Predict_Error, 14 Output_Shape_Error, 15 Output_Value_Error, 16 Execution_Time_Limit_Exceeded,
-    17 Out_Of_Memory.
+    17 Out_Of_Memory. With --bundle: 0 Finished; Failed: 20 Execution_Time_Limit_Exceeded, 21 Missing_Metadata,
+    22 Missing_Command, 23 Scores_Not_Found, 24 Scores_Not_Decodable, 25 Metadata_Exists.
     """
     from ..api import score as run_score
 
+    if kw.get("bundle"):
+        from .bundle import score_bundle_command
+
+        return score_bundle_command(zip_path, kw["bundle"], kw, out, force, as_json, quiet)
     if out:
         check_writable(Path(out), force)  # fail before a long run, not after it
     result = run_score(zip_path, data=kw["data"], simulate_hidden=kw["simulate_hidden"], clean_too=kw["clean_too"],
@@ -153,12 +168,18 @@ def score(zip_path, out, force, as_json, quiet, **kw):
 def compare(results, as_json, out, force, **kw):
     """A leaderboard of local results: score folders (from `score --out`) or zips (scored now, with --data)."""
     from ..api import compare as run_compare
+    from ..local_bench.bundle_result import is_bundle_result
 
     if out:
         check_writable(Path(out), force)
-    board = run_compare(list(results), data=kw["data"], profile=kw["profile"], echo=None,
-                        simulate_hidden=kw["simulate_hidden"], clean_too=kw["clean_too"],
-                        **_options(kw, progress=False))
+    if any(is_bundle_result(r) for r in results):  # folders of `score --bundle --out`: the bundle's own columns
+        from ..api import compare_bundles
+
+        board = compare_bundles(list(results))
+    else:
+        board = run_compare(list(results), data=kw["data"], profile=kw["profile"], echo=None,
+                            simulate_hidden=kw["simulate_hidden"], clean_too=kw["clean_too"],
+                            **_options(kw, progress=False))
     click.echo(board.to_json(), nl=False) if as_json else click.echo(str(board))
     if board.warning:
         click.secho(f"warning: {board.warning}", fg="yellow", err=True)
