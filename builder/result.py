@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from subbench.results import ResultMixin, from_plain
+from subbench.results import CSS, ResultMixin, from_plain
 
 
 @dataclass
@@ -67,8 +67,6 @@ class BuildResult(ResultMixin):
         return from_plain(cls, data)
 
     def html(self) -> str:
-        from subbench.local_bench.report import CSS
-
         rows = [("zip", f"{html.escape(str(self.zip_path))} ({self.size_mb:.1f} MB)"),
                 ("models", html.escape(", ".join(f"{e.get('file')} ← {e.get('source')}" for e in self.models))),
                 ("TTA views", html.escape(", ".join(self.tta_views))), ("outputs", html.escape(self.outputs))]

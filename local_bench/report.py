@@ -16,36 +16,10 @@ import json
 
 import numpy as np
 
+from subbench.results import CSS  # one stylesheet for every result's view
+
 MAX_GRID = 40
 GRID_COLS = 8
-
-CSS = """
-.sbr{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1100px;color:#222;padding:0 1rem;
-margin:1rem auto;background:#fff}
-.sbr h1{font-size:1.5rem;margin-bottom:.2rem} .sbr h2{font-size:1.15rem;margin-top:2rem;border-bottom:1px solid #ddd}
-.sbr .sub{color:#666;margin-top:0}
-.sbr .headline{display:flex;gap:2.5rem;align-items:baseline;flex-wrap:wrap;margin:1rem 0}
-.sbr .score{font-size:3rem;font-weight:700;margin:0}
-.sbr .ci{color:#555}
-.sbr .status{display:inline-block;padding:.15rem .6rem;border-radius:.3rem;font-weight:600;color:#fff}
-.sbr .status.ok{background:#2e7d32} .sbr .status.bad{background:#c62828}
-.sbr .warn{background:#fff4e5;border-left:4px solid #ef6c00;padding:.5rem .8rem;margin:.4rem 0}
-.sbr .warn.loud{background:#fdecea;border-left-color:#c62828;font-weight:600}
-.sbr table{border-collapse:collapse;margin:.5rem 0}
-.sbr td,.sbr th{border:1px solid #ddd;padding:.25rem .6rem;text-align:right}
-.sbr th{background:#f5f5f5} .sbr td:first-child,.sbr th:first-child{text-align:left}
-.sbr .bar{position:relative;height:28px;background:#eee;border-radius:4px;overflow:hidden;margin:.4rem 0 0}
-.sbr .seg{position:absolute;top:0;height:100%}
-.sbr .seg.start{background:#90a4ae}.sbr .seg.import{background:#7986cb}.sbr .seg.init{background:#4db6ac}
-.sbr .seg.predict{background:#ffb74d}
-.sbr .seg.projected{background:repeating-linear-gradient(45deg,#ffe0b2,#ffe0b2 6px,#fff3e0 6px,#fff3e0 12px)}
-.sbr .legend span{display:inline-block;margin-right:1rem;font-size:.9rem}
-.sbr .legend i{display:inline-block;width:.8rem;height:.8rem;margin-right:.3rem;vertical-align:middle}
-.sbr table.kv td:last-child{text-align:left}
-.sbr pre{background:#f7f7f7;padding:.6rem;overflow:auto;font-size:.8rem;max-height:20rem}
-.sbr img.fig{max-width:100%}
-.sbr .pass{color:#2e7d32;font-weight:600} .sbr .fail{color:#c62828;font-weight:600}
-"""
 
 
 def _png(fig) -> str:
