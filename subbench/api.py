@@ -182,10 +182,19 @@ def score(zip_path, data=None, simulate_hidden: str | None = None, clean_too: bo
 def compare(results, data=None, profile=None, *, echo: Echo | None = None, **options):
     """A `Leaderboard` of local results: `Score` objects, score folders / scores.json files, or zips (scored
     now on `data` with `options`). A mapping {name: result} names the rows; otherwise names come from the
-    results."""
+    results. Results of `score_bundle` (objects or folders) give a `BundleLeaderboard` of the bundle's columns."""
+    from subbench.local_bench.bundle_result import BundleScore, is_bundle_result
     from subbench.local_bench.results import Leaderboard, Score
 
     named = results.items() if isinstance(results, Mapping) else [(None, r) for r in _as_list(results)]
+    named = list(named)
+    bundle = [isinstance(r, BundleScore) or (isinstance(r, (str, os.PathLike)) and is_bundle_result(r))
+              for _, r in named]
+    if any(bundle):
+        if not all(bundle):
+            raise ApiUsageError("bundle results (score --bundle) and profile scores cannot share a leaderboard",
+                                "compare the two kinds separately")
+        return compare_bundles(dict(named) if isinstance(results, Mapping) else [r for _, r in named])
     prof = None
     scored = []
     for name, r in named:

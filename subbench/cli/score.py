@@ -168,18 +168,13 @@ def score(zip_path, out, force, as_json, quiet, **kw):
 def compare(results, as_json, out, force, **kw):
     """A leaderboard of local results: score folders (from `score --out`) or zips (scored now, with --data)."""
     from ..api import compare as run_compare
-    from ..local_bench.bundle_result import is_bundle_result
 
     if out:
         check_writable(Path(out), force)
-    if any(is_bundle_result(r) for r in results):  # folders of `score --bundle --out`: the bundle's own columns
-        from ..api import compare_bundles
-
-        board = compare_bundles(list(results))
-    else:
-        board = run_compare(list(results), data=kw["data"], profile=kw["profile"], echo=None,
-                            simulate_hidden=kw["simulate_hidden"], clean_too=kw["clean_too"],
-                            **_options(kw, progress=False))
+    # Folders of `score --bundle --out` give the bundle's own columns (api.compare tells them apart).
+    board = run_compare(list(results), data=kw["data"], profile=kw["profile"], echo=None,
+                        simulate_hidden=kw["simulate_hidden"], clean_too=kw["clean_too"],
+                        **_options(kw, progress=False))
     click.echo(board.to_json(), nl=False) if as_json else click.echo(str(board))
     if board.warning:
         click.secho(f"warning: {board.warning}", fg="yellow", err=True)
