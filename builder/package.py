@@ -65,16 +65,73 @@ def _outputs_kind(probs: np.ndarray) -> str:
     return "probabilities" if rows_sum_to_one else "logits"
 
 
+@dataclass
+class _Exported:
+    """One model as shipped: its file, manifest entry, probe probabilities, and what export changed."""
+    name: str
+    data: bytes
+    entry: dict
+    probabilities: list
+    outputs: str
+    notes: list[str]
+
+
+def _export_one(model, i: int, weight: float, src: str, profile: Profile, table, probe, tmp: Path) -> _Exported:
+    """Strip training-only layers, check the shapes, export for the server's Keras, reload and run the probe."""
+    import keras
+
+    from subbench.corrupt.layers import STRIP_NOTE, contains_augmentation, strip_augmentation
+
+    label, notes = f"model {src}", []
+    if contains_augmentation(model):   # training-only, and a class the server lacks: never in a zip
+        model = strip_augmentation(model)
+        notes.append(f"{label}: {STRIP_NOTE}")
+    _check_io(model, profile, label)
+    name = "weights.keras" if i == 0 else f"weights_{i}.keras"
+    dest = tmp / name
+    change = export_model(model, dest, table)
+    if change["dropped_keys"]:
+        notes.append(f"{name}: dropped keys the server's Keras {table.keras_version} lacks (all at their "
+                     f"defaults): {', '.join(change['dropped_keys'])}")
+    if change["float32_from_mixed"]:
+        notes.append(f"{name}: mixed-precision model exported in float32")
+    reloaded = keras.models.load_model(dest, compile=False)  # the file we ship must load here too
+    probs = np.asarray(reloaded.predict(probe.astype(np.float32), verbose=0), dtype=np.float64)
+    return _Exported(name, dest.read_bytes(), {"file": name, "weight": weight, "source": src, **change},
+                     np.round(probs, 7).tolist(), _outputs_kind(probs), notes)
+
+
+def _manifest(profile: Profile, table, probe, exported: list[_Exported], views: list[str], outputs: str,
+              files: dict[str, bytes], extra: dict | None) -> dict:
+    import keras
+    import tensorflow as tf
+
+    return {
+        "format": MANIFEST_FORMAT,
+        "kind": "subbench-submission",
+        "subbench_version": subbench.__version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "profile": profile.name,
+        "classes": list(profile.class_names),
+        "saved_with": {"python": platform.python_version(), "tensorflow": tf.__version__,
+                       "keras": keras.__version__},
+        "target": {"tensorflow": profile.server_tensorflow, "keras": profile.server_keras,
+                   "keys_table_keras": table.keras_version},
+        "models": [e.entry for e in exported],
+        "tta": {"views": views},
+        "outputs": outputs,
+        "probe": {"seed": PROBE_SEED, "shape": list(probe.shape), "tolerance": PROBE_TOLERANCE,
+                  "probabilities": {e.name: e.probabilities for e in exported}},
+        "files": {name: sha256_bytes(data) for name, data in sorted(files.items())},
+        **(extra or {}),
+    }
+
+
 def package_models(models: list, out_zip: Path, profile: Profile, *, tta: str | list[str] = "none",
                    ensemble_weights: list[float] | None = None, sources: list[str] | None = None,
                    batch_size: int = 64, extra_manifest: dict | None = None, force: bool = False,
                    echo=print) -> PackageResult:
     """Export Keras models (already in memory) into a submission zip at out_zip."""
-    import keras
-    import tensorflow as tf
-
-    from subbench.corrupt.layers import STRIP_NOTE, contains_augmentation, strip_augmentation
-
     out_zip = Path(out_zip)
     check_writable(out_zip, force)  # fail before minutes of work
     if not models:
@@ -87,62 +144,26 @@ def package_models(models: list, out_zip: Path, profile: Profile, *, tta: str | 
     sources = sources or [getattr(m, "name", f"model{i}") for i, m in enumerate(models)]
     table = load_key_table(profile)
     probe = probe_input(profile)
-    files: dict[str, bytes] = {}
-    entries, probe_out, notes = [], {}, []
-    kinds = set()
     with tempfile.TemporaryDirectory(prefix="subbench-build-") as tmp:
-        for i, (model, weight, src) in enumerate(zip(models, weights, sources)):
-            label = f"model {src}"
-            if contains_augmentation(model):   # training-only, and a class the server lacks: never in a zip
-                model = strip_augmentation(model)
-                notes.append(f"{label}: {STRIP_NOTE}")
-            _check_io(model, profile, label)
-            name = "weights.keras" if i == 0 else f"weights_{i}.keras"
-            dest = Path(tmp) / name
-            change = export_model(model, dest, table)
-            if change["dropped_keys"]:
-                notes.append(f"{name}: dropped keys the server's Keras {table.keras_version} lacks (all at their "
-                             f"defaults): {', '.join(change['dropped_keys'])}")
-            if change["float32_from_mixed"]:
-                notes.append(f"{name}: mixed-precision model exported in float32")
-            reloaded = keras.models.load_model(dest, compile=False)  # the file we ship must load here too
-            probs = np.asarray(reloaded.predict(probe.astype(np.float32), verbose=0), dtype=np.float64)
-            kinds.add(_outputs_kind(probs))
-            probe_out[name] = np.round(probs, 7).tolist()
-            files[name] = dest.read_bytes()
-            entries.append({"file": name, "weight": weight, "source": src, **change})
+        exported = [_export_one(m, i, w, src, profile, table, probe, Path(tmp))
+                    for i, (m, w, src) in enumerate(zip(models, weights, sources))]
+    kinds = {e.outputs for e in exported}
     if len(kinds) > 1:
         raise ExportError("the ensemble mixes models that output probabilities with models that output logits",
                           "end every model with the same activation (softmax recommended)")
     outputs = kinds.pop()
-    config = {"models": [{"file": e["file"], "weight": e["weight"]} for e in entries], "tta": views,
+    config = {"models": [{"file": e.name, "weight": e.entry["weight"]} for e in exported], "tta": views,
               "batch_size": batch_size, "chunk_size": 1024, "outputs": outputs}
+    files = {e.name: e.data for e in exported}
     files["model_config.json"] = json.dumps(config, indent=1).encode()
     files["model.py"] = template_source()
-    manifest = {
-        "format": MANIFEST_FORMAT,
-        "kind": "subbench-submission",
-        "subbench_version": subbench.__version__,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "profile": profile.name,
-        "classes": list(profile.class_names),
-        "saved_with": {"python": platform.python_version(), "tensorflow": tf.__version__,
-                       "keras": keras.__version__},
-        "target": {"tensorflow": profile.server_tensorflow, "keras": profile.server_keras,
-                   "keys_table_keras": table.keras_version},
-        "models": entries,
-        "tta": {"views": views},
-        "outputs": outputs,
-        "probe": {"seed": PROBE_SEED, "shape": list(probe.shape), "tolerance": PROBE_TOLERANCE,
-                  "probabilities": probe_out},
-        "files": {name: sha256_bytes(data) for name, data in sorted(files.items())},
-        **(extra_manifest or {}),
-    }
+    manifest = _manifest(profile, table, probe, exported, views, outputs, files, extra_manifest)
     with atomic_path(out_zip, force=force, suffix=".zip") as tmp_zip:
         with zipfile.ZipFile(tmp_zip, "w", compression=zipfile.ZIP_DEFLATED) as zf:
             for name, data in sorted(files.items()):
                 zf.writestr(name, data)
             zf.writestr(MANIFEST_NAME, json.dumps(manifest, indent=1))
+    notes = [n for e in exported for n in e.notes]
     for n in notes:
         echo(f"note: {n}")
     echo(f"wrote {out_zip} ({out_zip.stat().st_size / 2**20:.1f} MB): {len(models)} model(s), TTA {views}")
