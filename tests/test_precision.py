@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
 from subbench.builder.precision import choose_policy, cpu_bf16_flags
 

@@ -23,6 +23,36 @@ def _write_npz_stream(path: Path, force: bool, arrays) -> None:
                     np.lib.format.write_array(f, np.asanyarray(arr), allow_pickle=False)
 
 
+def _checked(preset, corruption, severity, seed, sigma) -> tuple[str | None, dict]:
+    """The command's choice, checked: (preset or None, its parameters). Raises the simulator's named errors."""
+    from .. import corrupt as C
+    from ..corrupt.errors import CorruptionInputError, check_seed
+
+    if corruption is not None and preset is not None:
+        raise CorruptionInputError("both --preset and --corruption given", "use one of them")
+    params = {} if sigma is None else {"sigma": sigma}
+    if corruption is None:
+        preset = preset or "an2dl"
+        if preset not in C.PRESETS:
+            raise C.UnknownPresetError(f"no preset named {preset!r}", f"choose one of: {', '.join(C.PRESETS)}")
+        if sigma is not None and preset != "noise":
+            raise CorruptionInputError("--sigma applies to --preset noise only", "drop --sigma")
+        if preset == "suite":
+            if severity is not None:
+                raise CorruptionInputError("--severity applies to --corruption only", "drop --severity")
+            check_seed(seed)
+        else:
+            C.check_request(preset, severity, seed, **params)
+    else:
+        if corruption not in C.CORRUPTIONS:
+            raise C.UnknownCorruptionError(f"no corruption named {corruption!r}",
+                                           f"choose one of: {', '.join(C.CORRUPTIONS)}")
+        if severity is None:
+            raise C.SeverityError("--corruption needs --severity", "add --severity 1..5")
+        C.check_request(corruption, severity, seed, **params)
+    return preset, params
+
+
 @main.command("corrupt")
 @click.argument("data", type=click.Path(path_type=Path))
 @click.option("--preset", default=None, metavar="NAME",
@@ -54,34 +84,13 @@ def corrupt_cmd(data, preset, corruption, severity, output, seed, sigma, preview
     """
     from .. import corrupt as C
     from ..atomic import check_writable
-    from ..corrupt.errors import CorruptionInputError, check_seed
+    from ..corrupt.errors import CorruptionInputError
     from ..corrupt.preview import preview_indices, write_preview
     from ..datasets import load_dataset
     from ..profile import load_profile
 
     # Every check before any work, so bad input writes nothing.
-    if corruption is not None and preset is not None:
-        raise CorruptionInputError("both --preset and --corruption given", "use one of them")
-    params = {} if sigma is None else {"sigma": sigma}
-    if corruption is None:
-        preset = preset or "an2dl"
-        if preset not in C.PRESETS:
-            raise C.UnknownPresetError(f"no preset named {preset!r}", f"choose one of: {', '.join(C.PRESETS)}")
-        if sigma is not None and preset != "noise":
-            raise CorruptionInputError("--sigma applies to --preset noise only", "drop --sigma")
-        if preset == "suite":
-            if severity is not None:
-                raise CorruptionInputError("--severity applies to --corruption only", "drop --severity")
-            check_seed(seed)
-        else:
-            C.check_request(preset, severity, seed, **params)
-    else:
-        if corruption not in C.CORRUPTIONS:
-            raise C.UnknownCorruptionError(f"no corruption named {corruption!r}",
-                                           f"choose one of: {', '.join(C.CORRUPTIONS)}")
-        if severity is None:
-            raise C.SeverityError("--corruption needs --severity", "add --severity 1..5")
-        C.check_request(corruption, severity, seed, **params)
+    preset, params = _checked(preset, corruption, severity, seed, sigma)
     if output.suffix != ".npz":
         raise CorruptionInputError(f"output {output} does not end in .npz", "name it e.g. hidden_sim.npz")
     if data.exists() and output.resolve() == data.resolve():
