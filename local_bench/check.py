@@ -4,7 +4,8 @@ Checks run in order; a zip that is unsafe or mislaid stops the rest (nothing is 
 failure has a name, a one-line cause and a fix hint.
   1. zip: integrity, path traversal, symlinks, zip bomb, size               (safezip, before extraction)
   2. layout: model.py at the root, every referenced file present, manifest hashes
-  3. interface: class Model, __init__(self), predict(self, X) - read with ast, without importing
+  3. interface: class Model callable as Model() and .predict(X) (extra parameters need defaults) - read with
+     ast, without importing
   4. model content: the saved configs against the server Keras's key table (Lambda, training-only layers,
      mixed precision, classes or config keys the server lacks)
   5. live: a fresh Python process (cwd elsewhere) imports model.py, builds Model(), predicts the probe;

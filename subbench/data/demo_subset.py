@@ -78,7 +78,8 @@ def candidates(source: Path, profile, use_inspect: bool = True, echo=print) -> d
         report = inspect(ds, rules=DEFAULT_CLEAN_RULES)
         flagged = report.indices(DEFAULT_CLEAN_RULES)
         excluded |= {source / ds.names[i] for i in flagged}
-        echo(f"inspect: {len(flagged)} of {len(ds)} images flagged ({', '.join(f'{r} {len(report.flagged[r])}' for r in DEFAULT_CLEAN_RULES)})")
+        counts = ", ".join(f"{r} {len(report.flagged[r])}" for r in DEFAULT_CLEAN_RULES)
+        echo(f"inspect: {len(flagged)} of {len(ds)} images flagged ({counts})")
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(max_workers=8) as pool:
