@@ -151,7 +151,7 @@ def find_problems(model_config: dict, table: KeyTable) -> list[Finding]:
             out.append(Finding("mixed_precision", cls, node.layer, "dtype", inner_dtype))
         if cls in TRAINING_ONLY_LAYERS and _is_layerish(obj):
             out.append(Finding("training_only", cls, node.layer))
-            if obj.get("registered_name", "").startswith("subbench>"):
+            if (obj.get("registered_name") or "").startswith("subbench>"):
                 continue   # one finding for our layer, not a second as an unknown custom class
         registered = obj.get("registered_name")
         module = obj.get("module") or ""

@@ -4,14 +4,14 @@ from pathlib import Path
 
 import click
 
-from ..builder.heads import HEADS
-from ..builder.input_branches import INPUT_BRANCHES, NO_BRANCHES, InputBranches
-from ..builder.losses import LOSSES
-from ..builder.optim import OPTIMIZERS, SCHEDULES
-from ..builder.pipeline import AUGMENT_PRESETS
-from ..builder.recipe import shipped_recipes
-from ..builder.train import BALANCE_MODES, STRATEGIES
-from ..builder.tta_select import TTA_CHOICES
+from subbench.builder.heads import HEADS
+from subbench.builder.input_branches import INPUT_BRANCHES, NO_BRANCHES, InputBranches
+from subbench.builder.losses import LOSSES
+from subbench.builder.optim import OPTIMIZERS, SCHEDULES
+from subbench.builder.pipeline import AUGMENT_PRESETS
+from subbench.builder.recipe import shipped_recipes
+from subbench.builder.train import BALANCE_MODES, STRATEGIES
+from subbench.builder.tta_select import TTA_CHOICES
 from ..errors import SubbenchError
 from . import main, profile_option
 
