@@ -277,13 +277,25 @@ def plan(args) -> tuple[dict, list[dict]]:
     return base, unique
 
 
+def _die_with_parent() -> None:
+    """In the child before exec (Linux): SIGKILL it when the parent dies, so that an interrupted bench leaves no
+    idle TensorFlow processes behind (a child blocked in a step would not notice its closed stdin)."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)   # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 class Child:
     def __init__(self, spec: dict, args, name: str):
         self.spec, self.name = {**spec, "warmup": args.warmup, "peak_n": args.peak_n}, name
         self.log = tempfile.TemporaryFile("w+")
         self.proc = subprocess.Popen([sys.executable, __file__, "--child", json.dumps(self.spec)],
                                      env=variant_env(spec), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=self.log, text=True, bufsize=1)
+                                     stderr=self.log, text=True, bufsize=1, preexec_fn=_die_with_parent)
         self.info: dict | None = None
         self.rounds: list[dict] = []
         self.error: str | None = None
@@ -335,6 +347,9 @@ def main() -> None:
     ap.add_argument("--peak-n", type=int, default=2048, help="matmul size for the peak")
     ap.add_argument("--only", default="", help="keep only variants whose name contains this text")
     args = ap.parse_args()
+    import signal
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))   # run the finally: close the children
     base, specs = plan(args)
     specs = [s for s in specs if args.only in name_of(s, base)]
     print(cpu_line(), flush=True)

@@ -12,12 +12,11 @@ import html
 import json
 import shutil
 from dataclasses import dataclass, field
-from enum import Enum
 from pathlib import Path
 
 from subbench.atomic import atomic_path
 from subbench.errors import SubbenchError
-from subbench.results import SCHEMA_VERSION, ResultMixin, from_plain, to_plain
+from subbench.results import SCHEMA_VERSION, ResultMixin, TextEnum, from_plain, to_plain
 
 # Why a run failed, one name per SubmissionException the worker raises (compute_worker.py), in a fixed order:
 # the exit code of `subbench score --bundle` is 20 + the index (0 when the run finished).
@@ -30,16 +29,10 @@ FAILURES = ("Execution_Time_Limit_Exceeded",   # Run.start: "Execution Time Limi
 RESULT_KIND = "bundle"
 
 
-class BundleStatus(str, Enum):
+class BundleStatus(TextEnum):
     """The worker's final submission status (STATUS_FINISHED / STATUS_FAILED)."""
     Finished = "Finished"
     Failed = "Failed"
-
-    def __str__(self) -> str:
-        return self.value
-
-    def __format__(self, spec: str) -> str:
-        return format(self.value, spec)
 
     @property
     def ok(self) -> bool:

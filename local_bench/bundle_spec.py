@@ -95,48 +95,13 @@ class UnsafeArchiveError(ZipError):
 # ------------------------------------------------------------------------------------------------ safe extraction
 def safe_extract_archive(zip_path: str | os.PathLike, dest: str | os.PathLike, what: str = "archive",
                          max_ratio: float = MAX_BUNDLE_RATIO) -> Path:
-    """Extract any zip into dest after vetting every entry: no absolute or `..` paths, no symlinks, no bomb.
+    """Extract any zip into dest after vetting every entry: no absolute or `..` paths, no symlinks, no bomb
+    (safezip's rules; safezip.safe_extract itself also wants model.py at the root, which bundles and
+    results-only submissions do not have)."""
+    from subbench.local_bench.safezip import extract_vetted, vet_archive
 
-    Reuses safezip's vetting rules (`_escapes`, `_is_symlink`, its errors); safezip.safe_extract itself also
-    requires the AN2DL layout (model.py at the root), which bundles and results-only submissions do not have.
-    """
-    from subbench.local_bench.safezip import NotAZipError, ZipBombError, ZipSlipError, ZipSymlinkError, _escapes, \
-        _is_symlink
-
-    path = Path(zip_path)
-    if not zipfile.is_zipfile(path):
-        raise NotAZipError(f"{what} {path.name} is not a zip archive", "give a .zip file or a folder")
-    try:
-        with zipfile.ZipFile(path) as zf:
-            infos = zf.infolist()
-            bad = zf.testzip()
-    except (zipfile.BadZipFile, OSError, EOFError) as exc:
-        raise NotAZipError(f"{what} {path.name} is corrupt ({exc})", "re-create the zip") from None
-    if bad is not None:
-        raise NotAZipError(f"{what} {path.name}: entry {bad!r} fails its CRC check", "re-create the zip")
-    for info in infos:
-        if _escapes(info.filename):
-            raise ZipSlipError(f"{what} {path.name}: entry {info.filename!r} points outside the extraction folder",
-                               "zip with relative paths only")
-        if _is_symlink(info):
-            raise ZipSymlinkError(f"{what} {path.name}: entry {info.filename!r} is a symbolic link",
-                                  "put the real file in the zip (zip without -y)")
-    comp = sum(i.compress_size for i in infos if not i.is_dir())
-    uncomp = sum(i.file_size for i in infos if not i.is_dir())
-    if uncomp > RATIO_FLOOR_BYTES and uncomp > max_ratio * max(comp, 1):
-        raise ZipBombError(f"{what} {path.name} expands from {comp / 2**20:.1f} MB to {uncomp / 2**20:.1f} MB",
-                           "this is not an honest archive")
-    root = Path(dest)
-    root.mkdir(parents=True, exist_ok=True)
-    root = root.resolve()
-    with zipfile.ZipFile(path) as zf:
-        for info in infos:
-            target = (root / info.filename).resolve()
-            if root != target and root not in target.parents:
-                raise ZipSlipError(f"{what} {path.name}: entry {info.filename!r} resolves outside {root}",
-                                   "zip with relative paths only")
-            zf.extract(info, root)
-    return root
+    vet_archive(zip_path, what, max_ratio=max_ratio, ratio_floor=RATIO_FLOOR_BYTES)
+    return extract_vetted(zip_path, dest, what)
 
 
 def copy_tree(src: Path, dest: Path) -> None:

@@ -10,23 +10,16 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from enum import Enum
 from pathlib import Path
 
 import numpy as np
 
 from subbench.errors import SubbenchError
-from subbench.results import SCHEMA_VERSION, ResultMixin, from_plain, to_plain
+from subbench.results import SCHEMA_VERSION, ResultMixin, TextEnum, from_plain, to_plain
 from subbench.local_bench.runner import STATUSES
 
 
-class _StatusBase(str, Enum):
-    def __str__(self) -> str:
-        return self.value
-
-    def __format__(self, spec: str) -> str:
-        return format(self.value, spec)
-
+class _StatusBase(TextEnum):
     @property
     def ok(self) -> bool:
         return self.value == "ok"

@@ -70,6 +70,55 @@ def _escapes(name: str) -> bool:
     return norm == ".." or norm.startswith("../")
 
 
+def vet_archive(zip_path: str | Path, what: str = "", max_ratio: float = MAX_RATIO,
+                ratio_floor: int = RATIO_FLOOR_BYTES) -> list[zipfile.ZipInfo]:
+    """The entries of any zip, after refusing (named ZipErrors) what is not a zip or fails its CRCs, entries that
+    escape the target folder, symlinks and a bomb. `what` names the archive in messages ("bundle", ...)."""
+    path = Path(zip_path)
+    where = f"{what} {path.name}" if what else path.name
+    if not zipfile.is_zipfile(path):
+        raise NotAZipError(f"{where} is not a zip archive", "create it with `subbench build` or `zip -r`, or give a "
+                                                            "folder where a folder is accepted")
+    try:
+        with zipfile.ZipFile(path) as zf:
+            infos = zf.infolist()
+            bad = zf.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        raise NotAZipError(f"{where} is corrupt ({exc})", "re-create the zip; the upload may have been cut") from None
+    if bad is not None:
+        raise NotAZipError(f"{where}: entry {bad!r} fails its CRC check", "re-create the zip")
+    for info in infos:
+        if _escapes(info.filename):
+            raise ZipSlipError(f"{where}: entry {info.filename!r} points outside the extraction folder",
+                               "zip the files with relative paths only")
+        if _is_symlink(info):
+            raise ZipSymlinkError(f"{where}: entry {info.filename!r} is a symbolic link",
+                                  "copy the real file into the zip instead of linking it (zip without -y)")
+    files = [i for i in infos if not i.is_dir()]
+    comp, uncomp = sum(i.compress_size for i in files), sum(i.file_size for i in files)
+    if uncomp > ratio_floor and uncomp > max_ratio * max(comp, 1):
+        raise ZipBombError(f"{where} expands from {comp / 2**20:.1f} MB to {uncomp / 2**20:.1f} MB "
+                           f"(ratio {uncomp / max(comp, 1):.0f} > {max_ratio:.0f})",
+                           "remove the padding or generated content; an honest archive compresses far less")
+    return infos
+
+
+def extract_vetted(zip_path: str | Path, dest_dir: str | Path, what: str = "") -> Path:
+    """Extract a zip that vet_archive accepted into dest_dir (created); every target is checked again to lie
+    inside it. Returns the resolved folder."""
+    root = Path(dest_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    root = root.resolve()
+    with zipfile.ZipFile(zip_path) as zf:
+        for info in zf.infolist():
+            target = (root / info.filename).resolve()
+            if root != target and root not in target.parents:  # second line of defence after the vetting
+                raise ZipSlipError(f"{what or 'zip'} entry {info.filename!r} resolves outside {root}",
+                                   "use relative paths")
+            zf.extract(info, root)
+    return root
+
+
 def vet_zip(zip_path: str | Path, profile: Profile) -> ZipSummary:
     """Raise a named ZipError for anything unsafe or mislaid; return the entry list when all is well."""
     path = Path(zip_path)
@@ -79,30 +128,7 @@ def vet_zip(zip_path: str | Path, profile: Profile) -> ZipSummary:
     if size > profile.max_zip_mb * 1024 * 1024:
         raise ZipTooLargeError(f"{path.name} is {size / 2**20:.1f} MB, the limit is {profile.max_zip_mb:.0f} MB",
                                "use a smaller backbone, fewer ensemble members or float16-free smaller weights")
-    if not zipfile.is_zipfile(path):
-        raise NotAZipError(f"{path.name} is not a zip archive", "create it with `subbench build` or `zip -r`")
-    try:
-        with zipfile.ZipFile(path) as zf:
-            infos = zf.infolist()
-            bad = zf.testzip()
-    except (zipfile.BadZipFile, OSError, EOFError) as exc:
-        raise NotAZipError(f"{path.name} is corrupt ({exc})", "re-create the zip; the upload may have been cut") from None
-    if bad is not None:
-        raise NotAZipError(f"{path.name}: entry {bad!r} fails its CRC check", "re-create the zip")
-    for info in infos:
-        if _escapes(info.filename):
-            raise ZipSlipError(f"entry {info.filename!r} points outside the extraction folder",
-                               "zip the submission's files with relative paths only")
-        if _is_symlink(info):
-            raise ZipSymlinkError(f"entry {info.filename!r} is a symbolic link",
-                                  "copy the real file into the zip instead of linking it (zip without -y)")
-    files = [i for i in infos if not i.is_dir()]
-    comp = sum(i.compress_size for i in files)
-    uncomp = sum(i.file_size for i in files)
-    if uncomp > RATIO_FLOOR_BYTES and uncomp > MAX_RATIO * max(comp, 1):
-        raise ZipBombError(f"{path.name} expands from {comp / 2**20:.1f} MB to {uncomp / 2**20:.1f} MB "
-                           f"(ratio {uncomp / max(comp, 1):.0f} > {MAX_RATIO:.0f})",
-                           "a submission holds code and weights; remove the padding or generated content")
+    files = [i for i in vet_archive(path) if not i.is_dir()]
     names = tuple(i.filename for i in files)
     if profile.entry not in names:
         nested = [n for n in names if posixpath.basename(n) == profile.entry]
@@ -111,22 +137,14 @@ def vet_zip(zip_path: str | Path, profile: Profile) -> ZipSummary:
                                     "zip the folder's contents, not the folder: `cd folder && zip -r ../sub.zip .`")
         raise MissingModelPyError(f"no {profile.entry} in {path.name}",
                                   f"the zip must contain {profile.entry} defining class {profile.class_name}")
-    return ZipSummary(names, comp, uncomp, size)
+    return ZipSummary(names, sum(i.compress_size for i in files), sum(i.file_size for i in files), size)
 
 
 def safe_extract(zip_path: str | Path, dest_dir: str | Path, profile: Profile) -> Path:
     """Vet the zip, then extract it into dest_dir (created if needed); return dest_dir."""
     vet_zip(zip_path, profile)
-    dest = Path(dest_dir)
-    dest.mkdir(parents=True, exist_ok=True)
-    root = dest.resolve()
-    with zipfile.ZipFile(zip_path) as zf:
-        for info in zf.infolist():
-            target = (root / info.filename).resolve()
-            if root != target and root not in target.parents:  # second line of defence after vet_zip
-                raise ZipSlipError(f"entry {info.filename!r} resolves outside {root}", "use relative paths")
-            zf.extract(info, root)
-    return dest
+    extract_vetted(zip_path, dest_dir)
+    return Path(dest_dir)
 
 
 def read_member(zip_path: str | Path, name: str) -> bytes | None:

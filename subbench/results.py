@@ -112,6 +112,17 @@ def from_plain(cls, data: dict):
     return cls(**kwargs)
 
 
+class TextEnum(str, enum.Enum):
+    """An enum of names that prints, formats and serialises as its plain value (a status such as "ok").
+    (enum.StrEnum does this from Python 3.11; the project supports 3.10.)"""
+
+    def __str__(self) -> str:
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
+
+
 class ResultMixin:
     """`to_dict`, `to_json`, `save(folder)` and `_repr_html_` for a result dataclass.
 
