@@ -400,16 +400,19 @@ def main() -> None:
         print(f"host float32 peak (base variant's process, {args.peak_n}^3 matmul, best of 5, start and end): "
               f"{host_peak:.0f} GFLOP/s")
     hdr = (f"{'variant':34s} {'params':>7s} {'fwd MF':>7s} {'trn MF':>7s} {'3xfwd':>6s} {'tfprof':>6s} {'img/s':>7s} {'ratio':>6s} "
-           f"{'GFLOP/s':>8s} {'peak':>6s} {'%own':>5s} {'%host':>5s} {'cores':>5s} {'others':>6s}")
+           f"{'GFLOP/s':>8s} {'peak':>6s} {'%own':>5s} {'%host':>5s} {'cores':>5s} {'others':>6s} {'img/cpu-s':>9s} {'ratio':>6s}")
     print(hdr)
-    base_ips = None
+    base_ips = base_ipc = None
     for c in children:
         if not c.info or not c.rounds:
             print(f"{c.name:34s} failed: {c.error}")
             continue
         ips = statistics.median(r["images"] / r["wall"] for r in c.rounds)
+        # images per CPU-second of the variant's process: the figure to compare when the load left a variant
+        # fewer cores than another (other work on the machine; 'cores' < the threads it asked for)
+        ipc = statistics.median(r["images"] / r["cpu"] for r in c.rounds)
         if base_ips is None and c.name == "base":
-            base_ips = ips
+            base_ips, base_ipc = ips, ipc
         f = c.info["flops"]
         gflops = ips * f["train"] / 1e9
         own_peak = c.info["peaks"]["float32"]
@@ -420,7 +423,8 @@ def main() -> None:
               f"{ips / base_ips if base_ips else float('nan'):6.2f} "
               f"{gflops:8.1f} {own_peak:6.0f} {100 * gflops / own_peak:5.1f} "
               f"{100 * gflops / host_peak if host_peak else float('nan'):5.1f} {cores:5.2f} "
-              f"{(100 * statistics.median(others)) if others else float('nan'):5.0f}%")
+              f"{(100 * statistics.median(others)) if others else float('nan'):5.0f}% {ipc:9.1f} "
+              f"{ipc / base_ipc if base_ipc else float('nan'):6.2f}")
         extra = {p: v for p, v in c.info["peaks"].items() if p != "float32"}
         if extra:
             print(f"{'':34s}   {', '.join(f'{p} matmul peak {v:.0f} GFLOP/s' for p, v in extra.items())}; "
@@ -428,7 +432,8 @@ def main() -> None:
     print("columns: fwd/trn MF = MFLOP an image forward / training step; 3xfwd = the usual estimate; tfprof = "
           "forward MFLOP as TF's graph profiler counts them (elementwise ops included); ratio = img/s over the base's; "
           "peak = the variant's own fp32 matmul GFLOP/s; %own / %host = share of that peak / of the base's (host native fp32); cores = CPU-seconds per second of the variant's process while it "
-          "stepped; others = the machine's busy share not from it, median over its rounds")
+          "stepped; others = the machine's busy share not from it, median over its rounds; img/cpu-s = images per "
+          "CPU-second of its process, and its ratio to the base's (compare these when 'others' differ)")
     print(load_text(total))
 
 
