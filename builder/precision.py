@@ -1,11 +1,13 @@
 """Which reduced-precision Keras policy `--mixed-precision` trains with on this machine.
 
-float16 on a GPU; bfloat16 on a CPU whose oneDNN kernels run it natively (Intel AMX or AVX-512 BF16). On a 2-core
-Xeon with AMX, the cpu recipe's custom_cnn (fused BatchNorm, 64 px) trains 2.0x the images a second of float32
-on in-memory batches (bench/bench_custom_cnn.py and bench/bench_cpu_recipe.py time both side by side); in the
-recipe's hour, 71 epochs instead of ~53 in float32 on a quiet host, simulated hidden accuracy 0.880 vs 0.851.
-On a CPU, float16 is emulated and slower than float32, and so is bfloat16 without those instructions: elsewhere
-the build trains in float32 and says why.
+float16 on a GPU; bfloat16 on a CPU with Intel AMX, whose oneDNN kernels run it natively. On a 2-core Xeon with AMX,
+the cpu recipe's custom_cnn (fused BatchNorm, 64 px) trains 2.0x the images a second of float32 on in-memory batches
+(bench/bench_custom_cnn.py and bench/bench_cpu_recipe.py time both side by side); in the recipe's hour, 71 epochs
+instead of ~53 in float32 on a quiet host, simulated hidden accuracy 0.880 vs 0.851. AVX-512 BF16 without AMX is
+not enough: on a 2-core Xeon with avx512_bf16 and no AMX the same step ran at 0.72x float32 (bench/bench_throughput.py
+--precision float32,bfloat16: 185 against 258 images a second; its bfloat16 matmul peak 160 GFLOP/s against 286 in
+float32). On a CPU, float16 is emulated and slower than float32: elsewhere the build trains in float32 and says why.
+ONEDNN_MAX_CPU_ISA below AMX (e.g. AVX2, used to emulate older hosts) also means float32.
 Master weights stay float32 under both policies, and export writes a float32 model (builder/export.py).
 """
 
@@ -37,20 +39,33 @@ def onednn_enabled() -> bool:
     return os.environ.get("TF_ENABLE_ONEDNN_OPTS", "1").strip() not in ("0", "false", "False")
 
 
-def choose_policy(has_gpu: bool, cpu_flags: list[str], onednn: bool = True) -> tuple[str, str]:
+def amx_allowed(max_isa: str | None = None) -> bool:
+    """Whether oneDNN may use AMX: ONEDNN_MAX_CPU_ISA unset, ALL, or an AMX level."""
+    value = (os.environ.get("ONEDNN_MAX_CPU_ISA", "") if max_isa is None else max_isa).strip().upper()
+    return value in ("", "ALL") or "AMX" in value
+
+
+def choose_policy(has_gpu: bool, cpu_flags: list[str], onednn: bool = True,
+                  amx_ok: bool = True) -> tuple[str, str]:
     """(policy name, one-line reason) for a build that asked for mixed precision."""
     if has_gpu:
         return "mixed_float16", "float16 compute on the GPU"
-    if cpu_flags and onednn:
+    if "amx_bf16" in cpu_flags and onednn and amx_ok:
         return "mixed_bfloat16", f"bfloat16 compute on the CPU ({', '.join(cpu_flags)})"
+    if "amx_bf16" in cpu_flags and not onednn:
+        return "float32", "float32: the CPU has AMX but TF_ENABLE_ONEDNN_OPTS=0 disables oneDNN"
+    if "amx_bf16" in cpu_flags:
+        return "float32", "float32: ONEDNN_MAX_CPU_ISA keeps oneDNN below AMX"
     if cpu_flags:
-        return "float32", "float32: the CPU has bfloat16 instructions but TF_ENABLE_ONEDNN_OPTS=0 disables oneDNN"
-    return "float32", ("float32: no GPU and no bfloat16 instructions on this CPU (AMX or AVX-512 BF16); "
-                       "reduced precision would be emulated, slower than float32")
+        return "float32", ("float32: AVX-512 BF16 without AMX trains slower in bfloat16 than in float32 "
+                           "(0.72x measured)")
+    return "float32", ("float32: no GPU and no AMX on this CPU; reduced precision would be emulated, slower than "
+                       "float32")
 
 
 def mixed_precision_policy() -> tuple[str, str]:
     """choose_policy for this machine (imports TensorFlow to list GPUs)."""
     import tensorflow as tf
 
-    return choose_policy(bool(tf.config.list_physical_devices("GPU")), cpu_bf16_flags(), onednn_enabled())
+    return choose_policy(bool(tf.config.list_physical_devices("GPU")), cpu_bf16_flags(), onednn_enabled(),
+                         amx_allowed())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from subbench.builder.precision import choose_policy, cpu_bf16_flags
+from subbench.builder.precision import amx_allowed, choose_policy, cpu_bf16_flags
 
 SAPPHIRE_RAPIDS = """processor\t: 0
 flags\t\t: fpu vme sse sse2 avx avx2 avx512f avx512bw avx_vnni avx512_bf16 amx_bf16 amx_tile amx_int8
@@ -22,15 +22,25 @@ def test_cpu_bf16_flags_read_from_cpuinfo():
     assert cpu_bf16_flags("flags\t: amx_bf16x avx512_bf16_extra\n") == []
 
 
-def test_policy_float16_on_gpu_bfloat16_on_a_bf16_cpu_float32_elsewhere():
+def test_policy_float16_on_gpu_bfloat16_with_amx_float32_elsewhere():
     assert choose_policy(True, [])[0] == "mixed_float16"
     assert choose_policy(True, ["amx_bf16"])[0] == "mixed_float16"
     policy, why = choose_policy(False, ["amx_bf16", "avx512_bf16"])
     assert policy == "mixed_bfloat16" and "amx_bf16" in why
     policy, why = choose_policy(False, [])
     assert policy == "float32" and "emulated" in why
-    policy, why = choose_policy(False, ["avx512_bf16"], onednn=False)
+    # AVX-512 BF16 without AMX measured slower in bfloat16 than in float32
+    policy, why = choose_policy(False, ["avx512_bf16"])
+    assert policy == "float32" and "without AMX" in why
+    policy, why = choose_policy(False, ["amx_bf16", "avx512_bf16"], onednn=False)
     assert policy == "float32" and "TF_ENABLE_ONEDNN_OPTS" in why
+    policy, why = choose_policy(False, ["amx_bf16", "avx512_bf16"], amx_ok=False)
+    assert policy == "float32" and "ONEDNN_MAX_CPU_ISA" in why
+
+
+def test_onednn_isa_cap_below_amx_rules_out_bfloat16():
+    assert amx_allowed("") and amx_allowed("ALL") and amx_allowed("avx512_core_amx")
+    assert not amx_allowed("AVX2") and not amx_allowed("AVX512_CORE_BF16")
 
 
 import keras  # noqa: E402  (a required dependency: a missing one fails, it is not skipped)

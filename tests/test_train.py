@@ -238,7 +238,7 @@ def test_resume_after_kill_loses_at_most_the_current_epoch(tiny_npz, tmp_path):
 
 def test_mixed_precision_build_exports_float32(tiny_npz, tmp_path):
     """--mixed-precision trains under the policy this machine supports (float16 on a GPU, bfloat16 on a CPU with
-    AMX/AVX-512 BF16, else float32, said in the log), records it, and ships a float32 model."""
+    AMX, else float32, said in the log), records it, and ships a float32 model."""
     from subbench.builder.precision import mixed_precision_policy
 
     out = tmp_path / "mp.zip"

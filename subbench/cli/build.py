@@ -65,7 +65,7 @@ TRAINING_OPTIONS = [
     click.option("--finetune-epochs", type=int, default=None),
     click.option("--kfold", type=int, default=None, help="Estimate the epoch count by K-fold CV."),
     click.option("--final", is_flag=True, default=None, help="After --kfold, fit on all data."),
-    click.option("--mixed-precision", is_flag=True, default=None, help="float16 on a GPU, bfloat16 on a CPU with AMX or AVX-512 BF16 (~2x on custom_cnn), else float32; exports float32."),
+    click.option("--mixed-precision", is_flag=True, default=None, help="float16 on a GPU, bfloat16 on a CPU with AMX (~2x on custom_cnn; AVX-512 BF16 alone is slower than float32), else float32; exports float32."),
     click.option("--strategy", type=click.Choice(list(STRATEGIES)), default=None),
     click.option("--limit", type=int, default=None, help="Train on this many images only (smoke runs)."),
     click.option("--max-train-minutes", type=float, default=None,
