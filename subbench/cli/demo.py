@@ -3,8 +3,8 @@
 A plain CNN and a hidden-aware one (the `cpu` recipe, shortened) train on the same split of the embedded PBC
 cells; both are checked and scored on the held-out cells, clean and corrupted like the AN2DL hidden set. The
 plain model looks excellent on clean cells and collapses on hidden-like ones; the hidden-aware one keeps much
-more. Measured on 2 CPU cores (an Intel Xeon with AVX-512, no AMX): 6.9 minutes, plain 0.914 clean / 0.265
-hidden-like, hidden-aware 0.873 / 0.643 (bench/bench_demo.py measures the same steps).
+more. Measured on 2 CPU cores (an Intel Xeon with AVX-512, no AMX, float32): 7.0 minutes, plain 0.922 clean /
+0.243 hidden-like, hidden-aware 0.930 / 0.708 (bench/bench_demo.py measures the same steps).
 """
 
 from __future__ import annotations
