@@ -379,14 +379,9 @@ class BundleLeaderboard(ResultMixin):
         return "\n".join([line(rows[0]), line(["-" * w for w in widths])] + [line(r) for r in rows[1:]])
 
     def html(self) -> str:
-        from subbench.local_bench.report import CSS
+        from subbench.local_bench.report import render_leaderboard
 
-        rows = self.table()
-        head = "".join(f"<th>{html.escape(c)}</th>" for c in rows[0])
-        body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows[1:])
-        warn = f'<div class="warn">{html.escape(self.warning)}</div>' if self.warning else ""
-        return (f'<div class="sbr"><style>{CSS}</style><h2>Local leaderboard (bundle columns)</h2>{warn}'
-                f'<table id="leaderboard"><tr>{head}</tr>{body}</table></div>')
+        return render_leaderboard(self, "Local leaderboard (bundle columns)")
 
     def to_dict(self) -> dict:
         return {"schema": SCHEMA_VERSION, "kind": RESULT_KIND, **to_plain(self)}

@@ -282,13 +282,13 @@ def render_fragment(score) -> str:
     return "\n".join(parts)
 
 
-def render_leaderboard(board) -> str:
-    """A `Leaderboard` as a scoped HTML table."""
+def render_leaderboard(board, title: str = "Local leaderboard") -> str:
+    """A leaderboard (`Leaderboard`, `BundleLeaderboard`: `.table()` and `.warning`) as a scoped HTML table."""
     rows = board.table()
     head = "".join(f"<th>{html.escape(c)}</th>" for c in rows[0])
     body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows[1:])
     warn = f'<div class="warn">{html.escape(board.warning)}</div>' if board.warning else ""
-    return (f'<div class="sbr"><style>{CSS}</style><h2>Local leaderboard</h2>{warn}'
+    return (f'<div class="sbr"><style>{CSS}</style><h2>{html.escape(title)}</h2>{warn}'
             f'<table id="leaderboard"><tr>{head}</tr>{body}</table></div>')
 
 
