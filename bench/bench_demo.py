@@ -44,12 +44,9 @@ else:  # pragma: no cover
 # +-4 points), a TTA-free zip (tta=auto spends time choosing views on the held-out images), batches of 32 (35
 # steps an epoch on 1110 images; 64 gave fewer, no better epochs) and 48 px inside the model (the recipe's 64:
 # 1.3-1.6x the epochs in the same minutes, measured 0.595-0.605 hidden-like against 0.565 at 64 px).
-COMMON = {"holdout": 0.25, "seed": 0, "tta": "none", "batch_size": 32, "input_size": 48}
-DEFAULTS = {
-    "plain": {"augment": "none", "val_corrupt": "none", "max_train_minutes": 1.5, "epochs": 200, "patience": 200,
-              "_rgb_only": True},
-    "aware": {"augment": "heavy", "heavy_bank": 4, "max_train_minutes": 4.0, "epochs": 400, "patience": 400},
-}
+from subbench.cli.demo import AWARE, COMMON, PLAIN  # noqa: E402  (the demo's own settings, one definition)
+
+DEFAULTS = {"plain": {**PLAIN, "max_train_minutes": 1.5}, "aware": {**AWARE, "max_train_minutes": 4.0}}
 CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "avx512_vnni", "amx_tile", "amx_bf16", "amx_int8")
 
 
@@ -90,17 +87,9 @@ def parse_overrides(pairs: list[str]) -> dict:
 
 
 def recipe_for(name: str, extra: dict):
-    from subbench.builder.recipe import Recipe, load_recipe, with_overrides
+    from subbench.builder.recipe import load_recipe, with_overrides
 
-    fields = set(Recipe.__dataclass_fields__)
     opts = {**COMMON, **DEFAULTS[name], **extra}
-    if opts.pop("_rgb_only", False):
-        # Plain: the image alone, whatever the recipe version calls its extra input channels.
-        if "inputs" in fields:
-            opts.setdefault("inputs", "none")
-        for flag in ("edge_channels", "equalized_channels"):
-            if flag in fields:
-                opts.setdefault(flag, False)
     return with_overrides(load_recipe("cpu"), **opts), opts
 
 

@@ -23,6 +23,7 @@ from typing import Callable, Iterable, Mapping
 import numpy as np
 
 from subbench.datasets import Dataset, load_dataset
+from subbench.datasets import _check_images as check_images
 from subbench.errors import DataError, SubbenchError
 from subbench.profile import Profile, load_profile
 
@@ -50,9 +51,9 @@ def _dataset(data, profile: Profile) -> Dataset | str | None:
         return os.fspath(data)
     if isinstance(data, tuple) and len(data) == 2:
         images, labels = (np.asarray(a) for a in data)
-        if images.dtype != np.uint8 or images.ndim != 4 or tuple(images.shape[1:]) != tuple(profile.input_shape):
-            raise DataError(f"images are {images.dtype} {images.shape}, profile {profile.name} expects uint8 "
-                            f"(N, {', '.join(map(str, profile.input_shape))})",
+        check_images(images, "the images given", profile)    # the loaders' shape and profile check
+        if images.dtype != np.uint8:
+            raise DataError(f"the images given are {images.dtype}, profile {profile.name} expects uint8 0..255",
                             "pass the raw uint8 images, before any rescaling")
         labels = labels.reshape(-1).astype(np.int64)
         if len(labels) != len(images):
