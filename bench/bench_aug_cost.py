@@ -14,7 +14,8 @@ then, per pipeline alone (no model), the images/s and the CPU milliseconds an im
 costs: on 2 cores that CPU is taken from the training step, whatever the overlap.
 
     python bench/bench_aug_cost.py [--data ../shared/data/pbc96] [--precision float32] [--isa native]
-                                   [--rounds 3] [--steps 10] [--pipeline-batches 30]
+                                   [--input-size 48 --width 16] [--rounds 3] [--steps 10]
+                                   [--pipeline-batches 30]
 """
 
 from __future__ import annotations
@@ -70,6 +71,8 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=HERE.parent.parent / "shared" / "data" / "pbc96")
     ap.add_argument("--precision", choices=("float32", "bfloat16", "recipe"), default="float32")
     ap.add_argument("--isa", default="native", help="ONEDNN_MAX_CPU_ISA (e.g. AVX2); native = unset")
+    ap.add_argument("--input-size", type=int, default=0, help="the model's input size (0 = the recipe's)")
+    ap.add_argument("--width", type=int, default=0, help="custom_cnn's first-stage width (0 = the recipe's)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--pipeline-batches", type=int, default=30, help="0 = skip the pipelines-alone part")
@@ -97,7 +100,8 @@ def main() -> None:
         r = original(name)
         if args.precision != "recipe":
             r = dataclasses.replace(r, mixed_precision=args.precision == "bfloat16")
-        return r
+        # the size the recipe's autosize picks on the host being imitated (its build log prints it)
+        return dataclasses.replace(r, input_size=args.input_size or r.input_size, width=args.width or r.width)
 
     recipe_module.load_recipe = load_recipe
     if args.precision == "bfloat16":   # force it even where precision.py would choose float32 (e.g. --isa AVX2)

@@ -64,7 +64,8 @@ def augmentation_cost(data: Path, rounds: int, steps: int) -> None:
     def compiled(dtype_policy: str):
         keras.mixed_precision.set_global_policy(dtype_policy)
         try:
-            m = build_model(recipe.backbone, input_size=recipe.input_size, inputs=recipe.inputs).model
+            m = build_model(recipe.backbone, input_size=recipe.input_size, inputs=recipe.inputs,
+                            width=recipe.width).model
             m.compile(optimizer="adamw", loss="categorical_crossentropy", jit_compile=False)
             return m
         finally:
@@ -94,7 +95,7 @@ def augmentation_cost(data: Path, rounds: int, steps: int) -> None:
     n = rounds * steps * batch
     none = seconds["none"]
     print(f"augmentation cost ({rounds} alternating rounds x {steps} steps x batch {batch}, {recipe.backbone} at "
-          f"{recipe.input_size or 96} px, {policy} unless said, the cpu recipe's model):")
+          f"{recipe.input_size or 96} px, width {recipe.width or 32}, {policy} unless said, the cpu recipe's model):")
     for a, s in seconds.items():
         print(f"  {a:38s} {n / s:7.1f} images/s   step time / none = {s / none:.3f} ({100 * (s / none - 1):+.1f}%)")
     # The bank is computed once per build, before the first epoch: spread over a 60-minute build.
@@ -164,13 +165,19 @@ def main() -> None:
                                    "--force", *shlex.split(args.build_args)])
         steal = steal_share(before, cpu_times())
         (args.out / "build.log").write_text(out)
-        print(f"build: exit {rc}, {secs / 60:.1f} min wall (recipe: cpu, training capped at 60 min)")
+        print(f"build: exit {rc}, {secs / 60:.1f} min wall (recipe: cpu {args.build_args})")
         if rc != 0:
             print(out[-3000:])
             sys.exit(rc)
         summary = json.loads((args.out / "sub.build" / "summary.json").read_text())
         print(f"  epochs trained {summary['epochs_trained']}, val accuracy (an2dl-corrupted held-out) "
-              f"{summary['val_accuracy']:.4f}, TTA {summary['tta']['preset']}")
+              f"{summary['val_accuracy']:.4f}, TTA {summary['tta']['preset']}, compute {summary['compute_policy']}")
+        size = summary.get("model_size")
+        if size:
+            print(f"  model size chosen: {size['input_size']} px, width {size['width']} ({size['reason']})")
+            for c in size["candidates"]:
+                print(f"    {c['input_size']} px width {c['width']}: {c['images_per_s']} images/s, "
+                      f"{c['seconds_per_epoch']} s an epoch, {c['epochs_in_budget']} epochs in the budget")
         log = args.out / "sub.build" / "main" / "log.jsonl"
         seconds = [json.loads(line)["seconds"] for line in log.read_text().splitlines()] if log.exists() else []
         if seconds:

@@ -56,7 +56,8 @@ def package(workdir: Path, presets: list[str], input_size: int | None, batch_siz
         recipe = dataclasses.replace(recipe, input_size=input_size)
     head = HeadConfig(kind=recipe.head, dense_units=tuple(recipe.head_dense), batchnorm=recipe.head_batchnorm,
                       dropout=recipe.head_dropout, l2=recipe.head_l2)
-    built = build_model(recipe.backbone, input_size=recipe.input_size, inputs=recipe.inputs, head=head, seed=0)
+    built = build_model(recipe.backbone, input_size=recipe.input_size, inputs=recipe.inputs, head=head, seed=0,
+                        width=recipe.width)
     profile = load_profile()
     dirs = {}
     for preset in presets:

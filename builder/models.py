@@ -57,13 +57,14 @@ class BuiltModel:
 
 def build_model(backbone: str, *, num_classes: int = 8, input_shape=(96, 96, 3), input_size: int | None = None,
                 weights: str = "none", head: HeadConfig | None = None, seed: int = 0,
-                inputs: InputBranches | None = None) -> BuiltModel:
+                inputs: InputBranches | None = None, width: int | None = None) -> BuiltModel:
     """Backbone `backbone` + preprocessing + head, taking raw 0..255 float32 images of `input_shape`.
 
     input_size: resize inside the model to input_size x input_size first (for backbones that want more
     pixels); None keeps input_shape. seed seeds Keras' global RNG so the initial weights are reproducible.
     inputs: the input branches (backbones with per-image standardisation: custom_cnn), their channels after the
     image's 3 (subbench.builder.input_branches); an InputBranches or what InputBranches.from_names takes.
+    width: custom_cnn only, the channels of its first stage (stages width, 2x, 4x, 8x); None = its default.
     """
     import keras
 
@@ -83,6 +84,11 @@ def build_model(backbone: str, *, num_classes: int = 8, input_shape=(96, 96, 3),
     spatial = (size, size) if size else input_shape[:2]
     pre = preprocessing_layers(spec.preprocessing)
     kwargs = dict(include_top=False, input_shape=(*spatial, 3 + inputs.channels), **dict(spec.constructor_kwargs))
+    if width is not None:
+        if spec.family != "custom":
+            raise ModelConfigError(f"width applies to custom_cnn, not to {spec.name}",
+                                   "leave --width out for keras.applications backbones")
+        kwargs["widths"] = tuple(int(width) * m for m in (1, 2, 4, 8))
     net, fix = backbone_with_weights(spec, weights, kwargs)
     x, pre = _preprocessed(inp, image, pre + fix, inputs)
     pretrained = weights != "none"

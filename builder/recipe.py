@@ -40,12 +40,12 @@ class RecipeError(SubbenchError):
 
 # TOML table -> the fields it may hold (names are the dataclass fields below).
 SECTIONS = {
-    "model": ("backbone", "weights", "input_size", "inputs"),
+    "model": ("backbone", "weights", "input_size", "width", "whiten_stem", "inputs"),
     "head": ("head", "head_dense", "head_batchnorm", "head_dropout", "head_l2"),
     "loss": ("loss", "label_smoothing", "focal_gamma", "focal_alpha", "balance"),
-    "optimizer": ("optimizer", "learning_rate", "weight_decay", "schedule"),
+    "optimizer": ("optimizer", "learning_rate", "weight_decay", "schedule", "lookahead"),
     "train": ("epochs", "batch_size", "patience", "augment", "heavy_bank", "holdout", "seed", "val_corrupt", "kfold",
-              "final", "mixed_precision", "strategy", "limit", "max_train_minutes"),
+              "final", "mixed_precision", "strategy", "limit", "max_train_minutes", "autosize_epochs"),
     "finetune": ("finetune_phases", "finetune_epochs", "finetune_lr_decay", "unfreeze_to"),
     "tta": ("tta", "time_budget_s"),
 }
@@ -62,6 +62,8 @@ class Recipe:
     backbone: str = "custom_cnn"
     weights: str = "none"             # none | imagenet | PATH
     input_size: int | None = None     # resize inside the model (e.g. 224 for backbones that want it)
+    width: int | None = None          # custom_cnn: channels of its first stage (stages w, 2w, 4w, 8w); None = 32
+    whiten_stem: bool = False         # custom_cnn: start its first conv as a whitening of the training patches
     # custom_cnn: more input channels (subbench.builder.input_branches); TOML: inputs = ["edges", "equalized"]
     inputs: InputBranches = field(default_factory=InputBranches)
     # [head]
@@ -81,6 +83,9 @@ class Recipe:
     learning_rate: float = 1e-3
     weight_decay: float = 1e-4
     schedule: str = "plateau"         # plateau (ReduceLROnPlateau) | cosine | constant
+    # >0: Lookahead as in airbench: a moving average of the weights (this momentum a step) written back into the
+    # model every LOOKAHEAD_EVERY steps (Keras' optimizer EMA with ema_overwrite_frequency); 0 = off
+    lookahead: float = 0.0
     # [train] phase 1: the head (and the whole model when the backbone is trained from scratch)
     epochs: int = 20
     batch_size: int = 64
@@ -96,6 +101,9 @@ class Recipe:
     strategy: str = "auto"            # auto | mirrored | multiworker | none
     limit: int | None = None          # use only this many training images (smoke runs)
     max_train_minutes: float | None = None  # stop training (keeping the best weights) after this long
+    # custom_cnn with max_train_minutes: measure a step of each (input size, width) of subbench.builder.autosize
+    # at the start and train the largest whose epochs in the budget reach this many; 0 = off
+    autosize_epochs: int = 0
     # [finetune] gradual unfreezing of a pretrained backbone; BatchNorm stays frozen
     finetune_phases: int = 0
     finetune_epochs: int = 3
@@ -138,7 +146,8 @@ RANGES = {
     "head_l2": (float, 0.0, None, False), "finetune_phases": (int, 0, None, False),
     "finetune_epochs": (int, 1, None, False), "finetune_lr_decay": (float, 0.0, 1.0, True),
     "unfreeze_to": (float, 0.0, 1.0, False), "input_size": (int, 32, None, False),
-    "time_budget_s": (float, 0.0, None, True),
+    "time_budget_s": (float, 0.0, None, True), "width": (int, 4, None, False), "autosize_epochs": (int, 0, None, False),
+    "lookahead": (float, 0.0, 0.9999, False),
 }
 
 
@@ -178,7 +187,7 @@ def _coerce(name: str, value):
         return tuple(int(v) for v in value)
     if name == "inputs":   # a list of names (TOML), "edges,equalized" or "none" (CLI), or an InputBranches
         return InputBranches.from_names(value)
-    if name in ("input_size", "limit", "max_train_minutes") and value in (0, "", None):
+    if name in ("input_size", "width", "limit", "max_train_minutes") and value in (0, "", None):
         return None
     if name in ("val_corrupt",) and value in ("", "none", None, False):
         return None

@@ -51,6 +51,7 @@ class TrainResult:
     best_epochs: dict = field(default_factory=dict)     # phase -> best epoch (1-based)
     val_accuracy: float | None = None
     compute_policy: str = "float32"                     # the Keras dtype policy it trained under
+    model_size: dict | None = None                      # autosize's choice and its measurements, when it chose
 
 
 def plan_phases(recipe: Recipe, epochs: int | None = None, early_stopping: bool = True) -> list[Phase]:
@@ -166,6 +167,54 @@ def _time_cosine(initial_lr: float, start: float, deadline: float):
     return TimeCosine()
 
 
+LOOKAHEAD_EVERY = 5   # steps between write-backs of the weights' average (airbench's period)
+LOOKAHEAD_POWER = 3   # the decay grows as (share of training done) ** 3: move fast early, average strongly late
+
+
+def _lookahead(decay: float, progress):
+    """Keras callback: Lookahead as airbench does it ("94% on CIFAR-10 in 3.29 seconds", K. Jordan 2024). Every
+    LOOKAHEAD_EVERY steps, an average of the model's weights (BatchNorm's statistics too) moves towards the
+    current ones, `rho = (decay ** LOOKAHEAD_EVERY) * progress() ** LOOKAHEAD_POWER` of the way back, and is
+    written into the model: `average = rho * average + (1 - rho) * weights; weights = average`. `progress()`
+    is the share of training done (0..1). One graph call for all variables (eager assigns cost ~70 ops)."""
+    import keras
+    import tensorflow as tf
+
+    class Lookahead(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            self.vars = [v for v in self.model.weights if v.dtype == "float32"]
+            self.average = [tf.Variable(v.value, trainable=False) for v in self.vars]
+            self.count = 0
+
+            @tf.function
+            def update(rho):
+                for v, a in zip(self.vars, self.average):
+                    a.assign(rho * a + (1.0 - rho) * v.value)
+                    v.assign(a)
+            self.update = update
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.count += 1
+            if self.count % LOOKAHEAD_EVERY == 0:
+                rho = decay ** LOOKAHEAD_EVERY * min(max(progress(), 0.0), 1.0) ** LOOKAHEAD_POWER
+                self.update(tf.constant(rho, tf.float32))
+
+    return Lookahead()
+
+
+def _compile_plain(model, recipe: Recipe) -> None:
+    """Compile `model` with the recipe's optimizer and loss at its initial learning rate (probes, benchmarks)."""
+    import tensorflow as tf
+
+    from subbench.builder.losses import make_loss
+    from subbench.builder.optim import make_optimizer
+
+    opt = make_optimizer(recipe.optimizer, recipe.learning_rate, weight_decay=recipe.weight_decay)
+    loss = make_loss(recipe.loss, label_smoothing=recipe.label_smoothing, gamma=recipe.focal_gamma,
+                     alpha=recipe.focal_alpha)
+    model.compile(optimizer=opt, loss=loss, jit_compile="auto" if tf.config.list_physical_devices("GPU") else False)
+
+
 def _compile(built, recipe: Recipe, lr: float, steps: int, epochs: int, step_cosine: bool = True):
     from subbench.builder.losses import make_loss
     from subbench.builder.optim import make_optimizer, make_schedule
@@ -206,12 +255,19 @@ def train(recipe: Recipe, images: np.ndarray, labels: np.ndarray, val_images: np
         keras.utils.set_random_seed(recipe.seed)
         head = HeadConfig(kind=recipe.head, dense_units=tuple(recipe.head_dense), batchnorm=recipe.head_batchnorm,
                           dropout=recipe.head_dropout, l2=recipe.head_l2)
+        # The training time budget starts before the sizes are timed and the heavy bank is computed: both are
+        # part of training.
+        deadline = time.monotonic() + recipe.max_train_minutes * 60 if recipe.max_train_minutes else None
+        size, width = _model_size(recipe, state, images, labels, val_images, num_classes, head, deadline, echo)
         with strategy.scope():
             built = build_model(recipe.backbone, num_classes=num_classes, input_shape=images.shape[1:],
-                                input_size=recipe.input_size, weights=recipe.weights, head=head, seed=recipe.seed,
-                                inputs=recipe.inputs)
-        # The training time budget starts before the heavy bank is computed: the bank is part of training.
-        deadline = time.monotonic() + recipe.max_train_minutes * 60 if recipe.max_train_minutes else None
+                                input_size=size, weights=recipe.weights, head=head, seed=recipe.seed,
+                                inputs=recipe.inputs, width=width)
+            if recipe.whiten_stem and "phase1" not in state["phases"]:   # a resumed build restores its weights
+                from subbench.builder.custom_cnn import whiten_stem
+
+                echo(f"stem: whitening of the training patches, {whiten_stem(built, images, seed=recipe.seed)} "
+                     "directions and their negatives")
         run = _Run(recipe, built, strategy, *_datasets(recipe, images, labels, val_images, val_labels, num_classes,
                                                          progress, echo), build_dir, state, deadline, progress, echo)
         for phase in plan_phases(recipe, epochs, early_stopping=run.val_ds is not None):
@@ -223,10 +279,50 @@ def train(recipe: Recipe, images: np.ndarray, labels: np.ndarray, val_images: np
         val_acc = None
         if run.val_ds is not None:
             val_acc = float(built.model.evaluate(run.val_ds, verbose=0, return_dict=True)["accuracy"])
-        return TrainResult(built, history, best_epochs, val_acc, policy)
+        return TrainResult(built, history, best_epochs, val_acc, policy, state.get("autosize"))
     finally:
         if policy != "float32":
             keras.mixed_precision.set_global_policy("float32")
+
+
+def _model_size(recipe: Recipe, state: dict, images, labels, val_images, num_classes: int, head, deadline, echo):
+    """(input size, width) to build: the recipe's, or with autosize_epochs those subbench.builder.autosize picks
+    by timing a step of each candidate on this host (kept in state.json: a resumed build keeps its size)."""
+    from subbench.builder.autosize import choose_size
+    from subbench.builder.models import build_model
+    from subbench.builder.pipeline import heavy_bank_seconds
+
+    if not recipe.autosize_epochs or deadline is None or recipe.backbone != "custom_cnn":
+        if recipe.autosize_epochs:
+            echo("model size: as the recipe gives it (autosize needs custom_cnn and max_train_minutes)")
+        return recipe.input_size, recipe.width
+    if "autosize" in state:
+        chosen = state["autosize"]
+        echo(f"model size: {chosen['input_size']} px, width {chosen['width']}, as chosen when this build started")
+        return chosen["input_size"], chosen["width"]
+    bank_s = heavy_bank_seconds(images, recipe.heavy_bank) if recipe.augment == "heavy" else 0.0
+    n_val = 0 if val_images is None else len(val_images)
+    steps = -(-len(images) // recipe.batch_size)
+    pick = np.random.default_rng(recipe.seed).choice(len(images), min(recipe.batch_size, len(images)), replace=False)
+    batch = images[pick], one_hot(labels[pick], num_classes)
+
+    def build_probe(size, width):
+        model = build_model(recipe.backbone, num_classes=num_classes, input_shape=images.shape[1:], input_size=size,
+                            head=head, seed=recipe.seed, inputs=recipe.inputs, width=width).model
+        _compile_plain(model, recipe)
+        return model
+
+    echo(f"model size: timing a training step of each size (target: {recipe.autosize_epochs} epochs in the "
+         f"{recipe.max_train_minutes:g}-minute budget; the heavy bank will take ~{bank_s:.0f} s of it)")
+    choice = choose_size(build_probe, batch=batch, steps_per_epoch=steps, val_images=n_val,
+                         seconds_left=lambda: deadline - time.monotonic() - bank_s,
+                         target_epochs=recipe.autosize_epochs, echo=echo)
+    echo(f"model size: {choice.input_size} px, width {choice.width}: {choice.reason}")
+    import keras
+
+    keras.backend.clear_session()   # the probes' models and graphs
+    state["autosize"] = choice.to_dict()
+    return choice.input_size, choice.width
 
 
 def _open_state(build_dir: Path, recipe: Recipe, resume: bool) -> dict:
@@ -358,10 +454,21 @@ def _callbacks(run: _Run, phase: Phase, best_path: Path, time_cosine: bool) -> l
     if recipe.schedule == "plateau":
         callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor="val_loss" if run.val_ds else "loss",
                                                            factor=0.5, patience=max(1, recipe.patience // 2)))
+    start = time.monotonic()
     if run.deadline is not None:
         callbacks.append(_time_budget(run.deadline))
         if time_cosine:
-            callbacks.append(_time_cosine(phase.learning_rate, time.monotonic(), run.deadline))
+            callbacks.append(_time_cosine(phase.learning_rate, start, run.deadline))
+    if recipe.lookahead:   # training done: the share of the time budget, else of the phase's steps
+        if run.deadline is not None:
+            def progress():
+                return (time.monotonic() - start) / max(run.deadline - start, 1e-9)
+        else:
+            optimizer, total = run.built.model.optimizer, max(1, phase.epochs * run.steps)
+
+            def progress():
+                return int(optimizer.iterations.numpy()) / total
+        callbacks.append(_lookahead(recipe.lookahead, progress))
     if run.progress:
         from tqdm.keras import TqdmCallback
 

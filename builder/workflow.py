@@ -149,7 +149,7 @@ def build_trained(recipe: Recipe, data_path: Path, out_zip: Path, profile: Profi
     split_info["holdout"] = hold_idx.tolist()
     summary = {"recipe": recipe.to_dict(), "val_accuracy": result.val_accuracy, "best_epochs": result.best_epochs,
                "kfold": kfold_rows, "epochs_trained": len(result.history),
-               "compute_policy": result.compute_policy, "tta": {"preset": tta_preset,
+               "compute_policy": result.compute_policy, "model_size": result.model_size, "tta": {"preset": tta_preset,
                "views": views, "candidates": tta_rows}, "val_corrupted_with": recipe.val_corrupt}
     write_text_atomic(build_dir / "summary.json", json.dumps(summary, indent=1), force=True)
     return package_models([result.built.model], out_zip, profile, tta=views, sources=[recipe.backbone],

@@ -124,7 +124,8 @@ def train(recipe: str | os.PathLike | None = "cpu", data=None, out=None, profile
           split=None, resume: bool = False, force: bool = False, cpu_devices: int | None = None,
           echo: Echo | None = print, **overrides):
     """Train a recipe (a shipped name such as "cpu", a TOML path, or None for the defaults) on `data` (a path or
-    (images, labels)) and write the zip `out`. Keyword overrides set recipe fields (epochs=3, backbone=...).
+    (images, labels)) and write the zip `out`. Keyword overrides set recipe fields (epochs=3, backbone=...); an
+    input_size or width given turns the recipe's autosize off unless autosize_epochs is given too.
     Returns a `BuildResult` with the zip, the training history and the validation accuracy."""
     from subbench.builder.recipe import Recipe, load_recipe, with_overrides
     from subbench.builder.result import BuildResult
@@ -137,6 +138,8 @@ def train(recipe: str | os.PathLike | None = "cpu", data=None, out=None, profile
     unknown = sorted(set(overrides) - known)
     if unknown:
         raise ApiUsageError(f"unknown recipe fields {unknown}", f"recipe fields are: {', '.join(sorted(known))}")
+    if "autosize_epochs" not in overrides and any(overrides.get(k) is not None for k in ("input_size", "width")):
+        overrides["autosize_epochs"] = 0   # a size the user gives is the size trained
     chosen = with_overrides(load_recipe(recipe) if recipe else Recipe(), **overrides)
     out = Path(out)
     build_dir = Path(build_dir) if build_dir else default_build_dir(out)

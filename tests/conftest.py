@@ -47,6 +47,19 @@ def tiny_keras_file(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def tiny_npz(tmp_path_factory) -> Path:
+    """96 generated cell-like images, 12 of each class, as a training .npz (images, labels)."""
+    import numpy as np
+
+    from subbench.data.synthetic import cell_like_images
+
+    images, labels = cell_like_images(96, seed=3)
+    path = tmp_path_factory.mktemp("data") / "tiny.npz"
+    np.savez(path, images=images, labels=labels.reshape(-1, 1))
+    return path
+
+
 @pytest.fixture
 def keras_policy():
     """keras_policy("mixed_float16") sets Keras' global dtype policy for the test; float32 comes back after it
@@ -70,3 +83,9 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeou
     """The real `subbench` command in a fresh process."""
     return subprocess.run([sys.executable, "-m", "subbench.cli", *args], capture_output=True, text=True,
                           cwd=cwd, env={**os.environ, **(env or {})}, timeout=timeout)
+
+
+def short_cpu_build(data: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
+    """`subbench build --recipe cpu` shortened to one epoch of batches of 16, no TTA, plus `extra` options."""
+    return run_cli("build", "--recipe", "cpu", "--data", str(data), "--epochs", "1", "--batch-size", "16",
+                   "--tta", "none", *extra, "-o", str(out))

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import run_cli
+from conftest import run_cli, short_cpu_build
 from subbench.builder.input_branches import InputBranchError, InputBranches
 from subbench.builder.recipe import CHOICES, RecipeError, load_recipe, shipped_recipes, with_overrides
 from subbench.local_bench.check import check_zip
@@ -23,16 +23,6 @@ from subbench.profile import load_profile
 
 PROFILE = load_profile()
 FAST = ["--model", "custom_cnn", "--batch-size", "16", "--val-corrupt", "none", "--augment", "light"]
-
-
-@pytest.fixture(scope="module")
-def tiny_npz(tmp_path_factory) -> Path:
-    from subbench.data.synthetic import cell_like_images
-
-    images, labels = cell_like_images(96, seed=3)
-    path = tmp_path_factory.mktemp("data") / "tiny.npz"
-    np.savez(path, images=images, labels=labels.reshape(-1, 1))
-    return path
 
 
 def _manifest(zip_path: Path) -> dict:
@@ -185,18 +175,19 @@ def test_build_trains_packages_and_records_the_split(tiny_npz, tmp_path):
     assert check_zip(out, PROFILE).ok
 
 
-def test_cpu_recipe_builds_with_its_heavy_bank_at_64_px(tiny_npz, tmp_path):
-    """The cpu recipe end to end, shortened: heavy augmentation from a bank of corrupted copies, 64 px and the input
-    branches (the recipe's edges and, by flag, the equalised ones too) inside a model that takes the profile's
-    96 px, a zip that passes check."""
+def test_cpu_recipe_builds_with_its_heavy_bank_and_sizes_itself(tiny_npz, tmp_path):
+    """The cpu recipe end to end, shortened: heavy augmentation from a bank of corrupted copies, the model size it
+    times and picks (on 72 images every candidate fits: the largest), the input branches (the recipe's edges and, by
+    flag, the equalised ones too) inside a model that takes the profile's 96 px, a zip that passes check."""
     out = tmp_path / "sub.zip"
-    res = run_cli("build", "--recipe", "cpu", "--data", str(tiny_npz), "--epochs", "1", "--batch-size", "16",
-                  "--heavy-bank", "2", "--weight-decay", "0.02", "--tta", "none", "--inputs", "equalized,edges",
-                  "-o", str(out))
+    res = short_cpu_build(tiny_npz, out, "--heavy-bank", "2", "--weight-decay", "0.02", "--inputs",
+                          "equalized,edges")
     assert res.returncode == 0, res.stdout + res.stderr
     assert "heavy augmentation: 2 corrupted copies of the training set" in res.stdout
+    assert "model size: 64 px, width 32: the largest size" in res.stdout
+    assert _manifest(out)["training"]["model_size"]["input_size"] == 64
     recipe = _manifest(out)["training"]["recipe"]
-    assert (recipe["augment"], recipe["heavy_bank"], recipe["input_size"]) == ("heavy", 2, 64)
+    assert (recipe["augment"], recipe["heavy_bank"], recipe["input_size"]) == ("heavy", 2, 48)
     assert recipe["weight_decay"] == 0.02 and recipe["learning_rate"] == 3e-3   # flag over recipe, rest kept
     assert recipe["inputs"] == ["edges", "equalized"]                          # the flag's, registry order
     config = zipfile.ZipFile(zipfile.ZipFile(out).open("weights.keras")).read("config.json").decode()

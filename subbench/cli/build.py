@@ -38,6 +38,10 @@ def _input_branches(ctx, param, text):
 TRAINING_OPTIONS = [
     click.option("--weights", default=None, metavar="imagenet|none|PATH", help="Backbone start weights."),
     click.option("--input-size", type=int, default=None, help="Resize inside the model (backbones wanting more px)."),
+    click.option("--width", type=int, default=None,
+                 help="custom_cnn: channels of the first stage (stages W, 2W, 4W, 8W; default 32)."),
+    click.option("--whiten-stem/--no-whiten-stem", default=None,
+                 help="custom_cnn: start the first conv as a whitening of the training images' patches."),
     click.option("--inputs", default=None, metavar=",".join(INPUT_BRANCHES) + "|" + NO_BRANCHES,
                  callback=_input_branches,
                  help="custom_cnn: input branches, more channels computed inside the model; "
@@ -49,6 +53,9 @@ TRAINING_OPTIONS = [
     click.option("--lr", "learning_rate", type=float, default=None, help="Initial learning rate."),
     click.option("--weight-decay", type=float, default=None,
                  help="Decoupled weight decay: Keras applies w -= lr * wd * w each step (not to biases or norms)."),
+    click.option("--lookahead", type=float, default=None, metavar="MOMENTUM",
+                 help="Average the weights (this momentum a step) and write the average back every 5 steps "
+                      "(Lookahead, e.g. 0.95; 0: off)."),
     click.option("--schedule", type=click.Choice(list(SCHEDULES)), default=None),
     click.option("--epochs", type=int, default=None),
     click.option("--batch-size", type=int, default=None),
@@ -70,6 +77,9 @@ TRAINING_OPTIONS = [
     click.option("--limit", type=int, default=None, help="Train on this many images only (smoke runs)."),
     click.option("--max-train-minutes", type=float, default=None,
                  help="Stop training after this long, keeping the best weights so far."),
+    click.option("--autosize-epochs", type=int, default=None, metavar="N",
+                 help="custom_cnn with --max-train-minutes: time a step of each model size first and train the "
+                      "largest that fits N epochs in the budget (0: off; --input-size/--width set it off)."),
     click.option("--time-budget", "time_budget_s", type=float, default=None,
                  help="Seconds allowed on the server, for --tta auto (default: the profile's limit)."),
 ]
