@@ -202,33 +202,29 @@ def _lookahead(decay: float, progress):
     return Lookahead()
 
 
-def _compile_plain(model, recipe: Recipe) -> None:
-    """Compile `model` with the recipe's optimizer and loss at its initial learning rate (probes, benchmarks)."""
+def _compile_plain(model, recipe: Recipe, learning_rate=None, metrics=None) -> None:
+    """Compile `model` with the recipe's optimizer and loss; learning_rate a float or schedule (default the
+    recipe's initial rate: probes, benchmarks). XLA ("auto") measured ~2x slower per step on CPU
+    (bench/bench_custom_cnn.py); kept for GPUs."""
     import tensorflow as tf
 
     from subbench.builder.losses import make_loss
     from subbench.builder.optim import make_optimizer
 
-    opt = make_optimizer(recipe.optimizer, recipe.learning_rate, weight_decay=recipe.weight_decay)
+    opt = make_optimizer(recipe.optimizer, recipe.learning_rate if learning_rate is None else learning_rate,
+                         weight_decay=recipe.weight_decay)
     loss = make_loss(recipe.loss, label_smoothing=recipe.label_smoothing, gamma=recipe.focal_gamma,
                      alpha=recipe.focal_alpha)
-    model.compile(optimizer=opt, loss=loss, jit_compile="auto" if tf.config.list_physical_devices("GPU") else False)
+    model.compile(optimizer=opt, loss=loss, metrics=metrics,
+                  jit_compile="auto" if tf.config.list_physical_devices("GPU") else False)
 
 
 def _compile(built, recipe: Recipe, lr: float, steps: int, epochs: int, step_cosine: bool = True):
-    from subbench.builder.losses import make_loss
-    from subbench.builder.optim import make_optimizer, make_schedule
+    from subbench.builder.optim import make_schedule
 
     cosine = recipe.schedule == "cosine" and step_cosine
     schedule = make_schedule("cosine", lr, steps * epochs) if cosine else lr
-    opt = make_optimizer(recipe.optimizer, schedule, weight_decay=recipe.weight_decay)
-    loss = make_loss(recipe.loss, label_smoothing=recipe.label_smoothing, gamma=recipe.focal_gamma,
-                     alpha=recipe.focal_alpha)
-    import tensorflow as tf
-
-    # XLA ("auto") measured ~2x slower per step on CPU (bench/bench_custom_cnn.py); keep it for GPUs.
-    jit = "auto" if tf.config.list_physical_devices("GPU") else False
-    built.model.compile(optimizer=opt, loss=loss, metrics=["accuracy"], jit_compile=jit)
+    _compile_plain(built.model, recipe, schedule, metrics=["accuracy"])
 
 
 def train(recipe: Recipe, images: np.ndarray, labels: np.ndarray, val_images: np.ndarray | None,
