@@ -26,6 +26,12 @@ import numpy as np
 CANDIDATES = ((64, 32), (64, 24), (48, 32), (48, 24), (48, 16))
 PROBE_STEPS = 3
 FORWARD_SHARE = 1 / 3   # a forward (validation) image costs about a third of a training image
+PROGRESSIVE_SCALE = 0.75   # progressive resizing: the first part's input size, as a share of the full one
+
+
+def lowres_size(size: int) -> int:
+    """The input size progressive resizing starts at: PROGRESSIVE_SCALE of `size`, down to a multiple of 8, >= 32."""
+    return max(32, int(size * PROGRESSIVE_SCALE) // 8 * 8)
 
 
 @dataclass
@@ -56,26 +62,43 @@ def step_seconds(model, images: np.ndarray, labels_onehot: np.ndarray, steps: in
 
 
 def choose_size(build_probe, *, batch: tuple[np.ndarray, np.ndarray], steps_per_epoch: int, val_images: int,
-                seconds_left, target_epochs: int, candidates=CANDIDATES, echo=print) -> SizeChoice:
+                seconds_left, target_epochs: int, candidates=CANDIDATES, progressive: float = 0.0,
+                echo=print) -> SizeChoice:
     """The first of `candidates` whose epochs in the budget reach `target_epochs`, else the cheapest.
 
     build_probe(input_size, width) -> a compiled keras.Model of that size; `batch` (images, one-hot labels) one
     training batch; seconds_left() the training seconds left at the time of asking (the probe's own time and
-    other work before training already subtracted by the caller's clock).
+    other work before training already subtracted by the caller's clock). progressive: the share of the budget
+    trained at lowres_size(size) (progressive resizing); that size's step is timed too and its epochs counted.
     """
     rows = []
     batch_size = len(batch[0])
     chosen = None
+    timed = {}
+
+    def epoch_seconds(size, width):
+        if (size, width) not in timed:
+            timed[size, width] = step_seconds(build_probe(size, width), *batch)
+        step = timed[size, width]
+        return step, step * (steps_per_epoch + FORWARD_SHARE * val_images / batch_size)
+
     for size, width in candidates:
         t0 = time.perf_counter()
-        step = step_seconds(build_probe(size, width), *batch)
-        epoch_s = step * (steps_per_epoch + FORWARD_SHARE * val_images / batch_size)
-        epochs = max(seconds_left(), 0.0) / epoch_s
-        rows.append({"input_size": size, "width": width, "step_s": round(step, 4),
-                     "images_per_s": round(batch_size / step, 1), "seconds_per_epoch": round(epoch_s, 1),
-                     "epochs_in_budget": round(epochs, 1), "probe_s": round(time.perf_counter() - t0, 1)})
+        step, epoch_s = epoch_seconds(size, width)
+        left = max(seconds_left(), 0.0)
+        epochs = left / epoch_s
+        row = {"input_size": size, "width": width, "step_s": round(step, 4),
+               "images_per_s": round(batch_size / step, 1), "seconds_per_epoch": round(epoch_s, 1)}
+        how = ""
+        if progressive:
+            low = lowres_size(size)
+            _, low_epoch_s = epoch_seconds(low, width)
+            epochs = progressive * left / low_epoch_s + (1 - progressive) * left / epoch_s
+            row["lowres"] = {"input_size": low, "seconds_per_epoch": round(low_epoch_s, 1)}
+            how = f" ({progressive:.0%} of it at {low} px, {low_epoch_s:.0f} s an epoch)"
+        rows.append({**row, "epochs_in_budget": round(epochs, 1), "probe_s": round(time.perf_counter() - t0, 1)})
         echo(f"  size {size} px, width {width}: {batch_size / step:.0f} images/s, {epoch_s:.0f} s an epoch, "
-             f"{epochs:.0f} epochs in the budget")
+             f"{epochs:.0f} epochs in the budget{how}")
         if epochs >= target_epochs:
             chosen = (size, width, epoch_s, epochs,
                       f"the largest size whose epochs in the budget ({epochs:.0f}) reach the target of "

@@ -80,6 +80,25 @@ def heavy_bank(images: np.ndarray, copies: int, seed: int, progress: bool = Fals
     return bank
 
 
+BANK_MEMORY_SHARE = 1 / 3   # the most of the memory available at the start that the bank may take
+
+
+def bank_copies(images: np.ndarray, copies: int, available_bytes: int | None = None) -> int:
+    """How many of `copies` corrupted copies of `images` fit in BANK_MEMORY_SHARE of the memory available now
+    (`available_bytes`, default read from the OS; unknown: all of them), at least 1."""
+    if copies <= 0:
+        return copies
+    if available_bytes is None:
+        try:
+            import os
+
+            available_bytes = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):   # not on this OS
+            return copies
+    fit = int(available_bytes * BANK_MEMORY_SHARE // max(images.nbytes, 1))
+    return max(1, min(copies, fit))
+
+
 def heavy_bank_seconds(images: np.ndarray, copies: int, sample: int = 32) -> float:
     """Seconds heavy_bank(images, copies) will take on this host, from corrupting `sample` images now."""
     import time

@@ -45,7 +45,8 @@ SECTIONS = {
     "loss": ("loss", "label_smoothing", "focal_gamma", "focal_alpha", "balance"),
     "optimizer": ("optimizer", "learning_rate", "weight_decay", "schedule", "lookahead"),
     "train": ("epochs", "batch_size", "patience", "augment", "heavy_bank", "holdout", "seed", "val_corrupt", "kfold",
-              "final", "mixed_precision", "strategy", "limit", "max_train_minutes", "autosize_epochs"),
+              "final", "mixed_precision", "strategy", "limit", "max_train_minutes", "autosize_epochs",
+              "progressive"),
     "finetune": ("finetune_phases", "finetune_epochs", "finetune_lr_decay", "unfreeze_to"),
     "tta": ("tta", "time_budget_s"),
 }
@@ -104,6 +105,9 @@ class Recipe:
     # custom_cnn with max_train_minutes: measure a step of each (input size, width) of subbench.builder.autosize
     # at the start and train the largest whose epochs in the budget reach this many; 0 = off
     autosize_epochs: int = 0
+    # from scratch with max_train_minutes: train the first this share of the time budget at 3/4 of the input size
+    # (progressive resizing: cheaper epochs early), then at the full size; 0 = off
+    progressive: float = 0.0
     # [finetune] gradual unfreezing of a pretrained backbone; BatchNorm stays frozen
     finetune_phases: int = 0
     finetune_epochs: int = 3
@@ -147,7 +151,7 @@ RANGES = {
     "finetune_epochs": (int, 1, None, False), "finetune_lr_decay": (float, 0.0, 1.0, True),
     "unfreeze_to": (float, 0.0, 1.0, False), "input_size": (int, 32, None, False),
     "time_budget_s": (float, 0.0, None, True), "width": (int, 4, None, False), "autosize_epochs": (int, 0, None, False),
-    "lookahead": (float, 0.0, 0.9999, False),
+    "lookahead": (float, 0.0, 0.9999, False), "progressive": (float, 0.0, 0.95, False),
 }
 
 

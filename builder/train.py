@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from subbench.atomic import write_text_atomic
-from subbench.builder.pipeline import heavy_bank, make_dataset
+from subbench.builder.autosize import lowres_size
+from subbench.builder.pipeline import bank_copies, heavy_bank, make_dataset
 from subbench.errors import SubbenchError
 
 if TYPE_CHECKING:   # recipe.py reads this module's registries
@@ -42,6 +43,11 @@ class Phase:
     learning_rate: float
     unfreeze: float          # fraction of backbone layers trainable (BatchNorm excluded)
     early_stopping: bool = True
+    # progressive resizing (recipe `progressive`): the first part trains a copy of the model built at a lower
+    # input size until this share of the time budget and ends with its last weights; the next phase `continues`
+    # it: its weights, its optimizer state and its cosine go on at the full size
+    lowres_until: float | None = None
+    continues: bool = False
 
 
 @dataclass
@@ -58,12 +64,21 @@ def plan_phases(recipe: Recipe, epochs: int | None = None, early_stopping: bool 
     from_scratch = recipe.weights == "none"
     phases = [Phase("phase1", epochs or recipe.epochs, recipe.learning_rate, 1.0 if from_scratch else 0.0,
                     early_stopping)]
+    if progressive_applies(recipe):
+        phases = [Phase("phase1_lowres", epochs or recipe.epochs, recipe.learning_rate, 1.0, False,
+                        lowres_until=recipe.progressive),
+                  Phase("phase1", epochs or recipe.epochs, recipe.learning_rate, 1.0, early_stopping, continues=True)]
     if not from_scratch:
         for i in range(1, recipe.finetune_phases + 1):
             phases.append(Phase(f"finetune{i}", recipe.finetune_epochs,
                                 recipe.learning_rate * recipe.finetune_lr_decay ** i,
                                 recipe.unfreeze_to * i / recipe.finetune_phases, early_stopping))
     return phases
+
+
+def progressive_applies(recipe: Recipe) -> bool:
+    """Progressive resizing is for a model trained from scratch against a time budget (its share is of the time)."""
+    return bool(recipe.progressive) and recipe.weights == "none" and bool(recipe.max_train_minutes)
 
 
 def make_strategy(name: str, cpu_devices: int | None = None):
@@ -259,13 +274,23 @@ def train(recipe: Recipe, images: np.ndarray, labels: np.ndarray, val_images: np
             built = build_model(recipe.backbone, num_classes=num_classes, input_shape=images.shape[1:],
                                 input_size=size, weights=recipe.weights, head=head, seed=recipe.seed,
                                 inputs=recipe.inputs, width=width)
-            if recipe.whiten_stem and "phase1" not in state["phases"]:   # a resumed build restores its weights
+            lowres = None
+            if progressive_applies(recipe):
+                low = lowres_size(size or images.shape[1])
+                echo(f"progressive resizing: input {low} px for the first {recipe.progressive:.0%} of the time "
+                     f"budget, then {size or images.shape[1]} px")
+                lowres = build_model(recipe.backbone, num_classes=num_classes, input_shape=images.shape[1:],
+                                     input_size=low, weights=recipe.weights, head=head, seed=recipe.seed,
+                                     inputs=recipe.inputs, width=width)
+            if recipe.whiten_stem and not state["phases"]:   # a resumed build restores its weights
                 from subbench.builder.custom_cnn import whiten_stem
 
-                echo(f"stem: whitening of the training patches, {whiten_stem(built, images, seed=recipe.seed)} "
+                first = lowres or built
+                echo(f"stem: whitening of the training patches, {whiten_stem(first, images, seed=recipe.seed)} "
                      "directions and their negatives")
         run = _Run(recipe, built, strategy, *_datasets(recipe, images, labels, val_images, val_labels, num_classes,
-                                                         progress, echo), build_dir, state, deadline, progress, echo)
+                                                         progress, echo), build_dir, state, deadline, progress, echo,
+                   lowres=lowres)
         for phase in plan_phases(recipe, epochs, early_stopping=run.val_ds is not None):
             _run_phase(run, phase)
         history = []
@@ -296,7 +321,7 @@ def _model_size(recipe: Recipe, state: dict, images, labels, val_images, num_cla
         chosen = state["autosize"]
         echo(f"model size: {chosen['input_size']} px, width {chosen['width']}, as chosen when this build started")
         return chosen["input_size"], chosen["width"]
-    bank_s = heavy_bank_seconds(images, recipe.heavy_bank) if recipe.augment == "heavy" else 0.0
+    bank_s = heavy_bank_seconds(images, bank_copies(images, recipe.heavy_bank)) if recipe.augment == "heavy" else 0.0
     n_val = 0 if val_images is None else len(val_images)
     steps = -(-len(images) // recipe.batch_size)
     pick = np.random.default_rng(recipe.seed).choice(len(images), min(recipe.batch_size, len(images)), replace=False)
@@ -312,7 +337,8 @@ def _model_size(recipe: Recipe, state: dict, images, labels, val_images, num_cla
          f"{recipe.max_train_minutes:g}-minute budget; the heavy bank will take ~{bank_s:.0f} s of it)")
     choice = choose_size(build_probe, batch=batch, steps_per_epoch=steps, val_images=n_val,
                          seconds_left=lambda: deadline - time.monotonic() - bank_s,
-                         target_epochs=recipe.autosize_epochs, echo=echo)
+                         target_epochs=recipe.autosize_epochs,
+                         progressive=recipe.progressive if progressive_applies(recipe) else 0.0, echo=echo)
     echo(f"model size: {choice.input_size} px, width {choice.width}: {choice.reason}")
     import keras
 
@@ -360,8 +386,12 @@ def _datasets(recipe: Recipe, images, labels, val_images, val_labels, num_classe
     bank = None
     if recipe.augment == "heavy" and recipe.heavy_bank > 0:
         t0 = time.monotonic()
-        bank = heavy_bank(images, recipe.heavy_bank, recipe.seed, progress=progress)
-        echo(f"heavy augmentation: {recipe.heavy_bank} corrupted copies of the training set computed in "
+        copies = bank_copies(images, recipe.heavy_bank)
+        if copies < recipe.heavy_bank:
+            echo(f"heavy augmentation: {copies} corrupted copies instead of {recipe.heavy_bank}: more would take "
+                 f"over a third of the memory available ({images.nbytes / 2**20:.0f} MB a copy)")
+        bank = heavy_bank(images, copies, recipe.seed, progress=progress)
+        echo(f"heavy augmentation: {copies} corrupted copies of the training set computed in "
              f"{time.monotonic() - t0:.0f} s")
     train_ds = make_dataset(images, one_hot(labels, num_classes), batch_size=recipe.batch_size,
                             augment=recipe.augment, seed=recipe.seed, index=index, bank=bank)
@@ -388,6 +418,9 @@ class _Run:
     deadline: float | None    # time.monotonic() when the training time budget is spent
     progress: bool
     echo: object
+    lowres: object = None     # progressive resizing: the model at the lower input size (same layers and weights)
+    cosine_start: float | None = None   # when the time cosine started (progressive resizing's two parts share one)
+    previous: object = None   # the BuiltModel the last phase trained
 
     @property
     def monitor(self) -> str:
@@ -398,8 +431,12 @@ def _run_phase(run: _Run, phase: Phase) -> None:
     """Train one phase (or restore it, done in an earlier run); its best weights end up loaded and saved."""
     from subbench.builder.models import set_backbone_trainable
 
-    built, state, echo = run.built, run.state, run.echo
+    built = run.lowres if phase.lowres_until is not None else run.built
+    state, echo = run.state, run.echo
+    previous, run.previous = run.previous, built
     best_path = run.build_dir / f"{phase.name}.best.weights.h5"
+    if phase.continues and previous is not None:
+        _take_over_weights(built.model, previous.model)
     if phase.name in state["done"]:
         if best_path.exists():
             built.model.load_weights(best_path)
@@ -409,9 +446,14 @@ def _run_phase(run: _Run, phase: Phase) -> None:
     time_cosine = run.recipe.schedule == "cosine" and run.deadline is not None
     with run.strategy.scope():
         _compile(built, run.recipe, phase.learning_rate, run.steps, phase.epochs, step_cosine=not time_cosine)
+        if phase.continues and previous is not None and previous.model.optimizer is not None:
+            _take_over_optimizer(built.model, previous.model.optimizer)
     echo(f"{phase.name}: {phase.epochs} epochs, lr {phase.learning_rate:g}, "
-         f"backbone {phase.unfreeze:.0%} trainable")
-    if run.deadline is not None and time.monotonic() >= run.deadline:
+         f"backbone {phase.unfreeze:.0%} trainable, input {built.input_size} px")
+    stop = run.deadline
+    if phase.lowres_until is not None and run.deadline is not None:
+        stop = run.deadline - (1.0 - phase.lowres_until) * run.recipe.max_train_minutes * 60
+    if stop is not None and time.monotonic() >= stop:
         echo(f"{phase.name}: skipped, the training time budget is spent")
         state["done"].append(phase.name)
         return
@@ -421,9 +463,11 @@ def _run_phase(run: _Run, phase: Phase) -> None:
     # on a tf.data thread), 137 s of 17 minutes in the cpu recipe's benchmark. Each pass over the data
     # still reshuffles and redraws its augmentation keys (rerandomize_each_iteration).
     built.model.fit(run.train_ds.repeat(), steps_per_epoch=run.steps, validation_data=run.val_ds,
-                    epochs=phase.epochs, callbacks=_callbacks(run, phase, best_path, time_cosine),
+                    epochs=phase.epochs, callbacks=_callbacks(run, phase, best_path, time_cosine, stop),
                     class_weight=run.class_weight, verbose=0, shuffle=False)  # the tf.data pipeline shuffles
-    if best_path.exists():
+    if phase.lowres_until is not None:   # the next phase continues from where this one ended, not its best
+        built.model.save_weights(best_path, overwrite=True)
+    elif best_path.exists():
         built.model.load_weights(best_path)
     else:  # no validation improvement recorded (e.g. no validation set): keep the last weights
         built.model.save_weights(best_path)
@@ -431,8 +475,33 @@ def _run_phase(run: _Run, phase: Phase) -> None:
     write_text_atomic(run.build_dir / STATE, json.dumps(state, indent=1), force=True)
 
 
-def _callbacks(run: _Run, phase: Phase, best_path: Path, time_cosine: bool) -> list:
-    """Checkpoints (every epoch, and the best), logs, early stopping, the schedule's and the time budget's."""
+def _take_over_weights(model, old) -> None:
+    """Copy every weight of `old` (BatchNorm statistics too) into `model`, the same network at another input size:
+    the resizing layer has no weights, so both list the same variables in the same order."""
+    if [w.shape for w in model.weights] != [w.shape for w in old.weights]:
+        raise TrainingError("progressive resizing: the small model's weights do not fit the full-size model",
+                            "train without --progressive")
+    model.set_weights(old.get_weights())
+
+
+def _take_over_optimizer(model, old) -> None:
+    """Build `model`'s optimizer and copy `old`'s state into it (step count, moments), variable by variable: the
+    same network at another input size has the same variables in the same order."""
+    new = model.optimizer
+    if not old.built:    # the first part never stepped (its time was spent before it began)
+        return
+    new.build(model.trainable_variables)
+    pairs = list(zip(new.variables, old.variables))
+    if len(new.variables) != len(old.variables) or any(a.shape != b.shape for a, b in pairs):
+        raise TrainingError("progressive resizing: the optimizer's state does not fit the full-size model",
+                            "train without --progressive")
+    for a, b in pairs:
+        a.assign(b)
+
+
+def _callbacks(run: _Run, phase: Phase, best_path: Path, time_cosine: bool, stop: float | None) -> list:
+    """Checkpoints (every epoch, and the best), logs, early stopping, the schedule's and the time budget's
+    (`stop`: when this phase ends, time.monotonic())."""
     import keras
 
     recipe, build_dir = run.recipe, run.build_dir
@@ -450,9 +519,11 @@ def _callbacks(run: _Run, phase: Phase, best_path: Path, time_cosine: bool) -> l
     if recipe.schedule == "plateau":
         callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor="val_loss" if run.val_ds else "loss",
                                                            factor=0.5, patience=max(1, recipe.patience // 2)))
-    start = time.monotonic()
+    if not (phase.continues and run.cosine_start is not None):
+        run.cosine_start = time.monotonic()
+    start = run.cosine_start
     if run.deadline is not None:
-        callbacks.append(_time_budget(run.deadline))
+        callbacks.append(_time_budget(stop))
         if time_cosine:
             callbacks.append(_time_cosine(phase.learning_rate, start, run.deadline))
     if recipe.lookahead:   # training done: the share of the time budget, else of the phase's steps

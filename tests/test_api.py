@@ -93,7 +93,7 @@ def test_train_on_arrays_then_score_the_recorded_split(tmp_path, cells):
     with pytest.raises(SubbenchError, match="unknown recipe fields"):
         subbench.train("cpu", data=(images, labels), out=tmp_path / "x.zip", epoch=1, echo=None)
     result = subbench.train("cpu", data=(images, labels), out=tmp_path / "t.zip", epochs=1, batch_size=16,
-                            augment="none", val_corrupt=None, tta="none", max_train_minutes=None, holdout=0.25,
+                            augment="none", val_corrupt=None, tta="none", progressive=0, holdout=0.25,
                             echo=None)
     assert result.zip_path.is_file() and result.epochs_trained == 1 and len(result.history) == 1
     assert "loss" in result.history[0].values and result.val_accuracy is not None

@@ -47,6 +47,28 @@ def test_choose_size_times_real_steps_and_stops_at_the_first_that_fits():
     assert json.loads(json.dumps(tight.to_dict()))["candidates"] == tight.rows
 
 
+def test_with_progressive_resizing_the_smaller_size_is_timed_too_and_its_epochs_counted():
+    rng = np.random.default_rng(0)
+    batch = rng.integers(0, 256, (8, 96, 96, 3)).astype(np.uint8), one_hot(rng.integers(0, 8, 8), 8)
+    built = []
+
+    def probe(size, width):
+        built.append((size, width))
+        return _probe_builder(load_recipe("cpu"))(size, width)
+
+    lines = []
+    choice = choose_size(probe, batch=batch, steps_per_epoch=10, val_images=16, seconds_left=lambda: 1000.0,
+                         target_epochs=10**6, candidates=((64, 8), (48, 8)), progressive=0.5, echo=lines.append)
+    assert built == [(64, 8), (48, 8), (32, 8)]            # 48 px timed once, as the first's small size and itself
+    first, second = choice.rows
+    assert first["lowres"]["input_size"] == 48 and second["lowres"]["input_size"] == 32
+    assert first["lowres"]["seconds_per_epoch"] == second["seconds_per_epoch"]
+    per_epoch = 10 + 16 / 8 / 3                            # steps of a pass + validation at a third of a step
+    want = 0.5 * 1000 / (second["step_s"] * per_epoch) + 0.5 * 1000 / (first["step_s"] * per_epoch)
+    assert first["epochs_in_budget"] == pytest.approx(want, rel=0.02)
+    assert "(50% of it at 48 px" in lines[0]
+
+
 def test_width_sets_custom_cnn_stages_and_is_refused_elsewhere():
     model = build_model("custom_cnn", input_size=48, width=8, seed=0).model
     backbone = model.get_layer("custom_cnn")
@@ -147,3 +169,62 @@ def test_lookahead_pulls_the_weights_back_to_their_average_every_five_steps():
         want = rho * want + (1 - rho) * seen["before"][9][i]
         np.testing.assert_allclose(seen["after"][9][i], want, rtol=1e-5, atol=1e-7)
     assert not np.allclose(seen["after"][4][kernel], seen["before"][4][kernel])
+
+
+def test_progressive_resizing_trains_small_then_carries_weights_optimizer_and_cosine_to_the_full_size(tmp_path):
+    """The first share of the time budget at 3/4 of the input size, then the full size going on from there: the
+    same weights (the last of the small part, not its best), the optimizer's step count and moments, the cosine
+    not restarted; the model returned is the full-size one."""
+    from subbench.builder.autosize import lowres_size
+    from subbench.builder.train import train
+    from subbench.data.synthetic import cell_like_images
+
+    images, labels = cell_like_images(64, seed=5)
+    # each part ends after its 3 epochs, long before its share of the 10 minutes: the test does not depend on
+    # this host's speed (the switch at the share of the budget is the same stop as the budget's own)
+    recipe = with_overrides(load_recipe("cpu"), autosize_epochs=0, input_size=40, width=4, heavy_bank=1,
+                            batch_size=16, max_train_minutes=10, progressive=0.5, tta="none", epochs=3)
+    seen = []
+    result = train(recipe, images[:48], labels[:48], images[48:], labels[48:], num_classes=8,
+                   build_dir=tmp_path, progress=False, echo=seen.append)
+    assert lowres_size(40) == 32 and lowres_size(64) == 48 and lowres_size(96) == 72
+    assert "progressive resizing: input 32 px for the first 50% of the time budget, then 40 px" in seen
+    assert result.built.input_size == 40 and result.built.model.input_shape == (None, 96, 96, 3)
+    rows = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    low = [r for r in rows if r["phase"] == "phase1_lowres"]
+    full = [r for r in rows if r["phase"] == "phase1"]
+    assert len(low) == len(full) == 3 and rows == low + full
+    lrs = [r["lr"] for r in rows]
+    assert lrs == sorted(lrs, reverse=True) and lrs[0] < recipe.learning_rate   # one cosine over time, not restarted
+    # the step count went on from the small part's 3 x 3 steps (the best epoch's checkpoint, restored at the end,
+    # holds the optimizer's state of that epoch)
+    steps = int(result.built.model.optimizer.iterations.numpy())
+    assert steps == 3 * 3 + 3 * result.best_epochs["phase1"]
+    # the small part's last weights were saved (for a resumed build to start the full part from)
+    small = build_model("custom_cnn", input_size=32, width=4, inputs=["edges"], seed=0,
+                        head=result.built.head).model
+    small.load_weights(tmp_path / "phase1_lowres.best.weights.h5")
+
+
+def test_the_full_size_model_takes_over_every_weight_of_the_small_one_by_name():
+    from subbench.builder.train import _take_over_weights
+
+    small = build_model("custom_cnn", input_size=32, width=4, inputs=["edges"], seed=1).model
+    full = build_model("custom_cnn", input_size=48, width=4, inputs=["edges"], seed=2).model
+    rng = np.random.default_rng(0)
+    for w in small.weights:
+        w.assign(rng.normal(size=w.shape).astype(w.dtype))
+    _take_over_weights(full, small)
+    by_name = {w.path: w.numpy() for w in small.weights}
+    assert len(by_name) == len(full.weights) > 30
+    for w in full.weights:
+        np.testing.assert_array_equal(w.numpy(), by_name[w.path])
+    with pytest.raises(Exception, match="do not fit"):
+        _take_over_weights(build_model("custom_cnn", input_size=48, width=8, seed=0).model, small)
+
+
+def test_progressive_is_a_share_of_the_budget(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[model]\nbackbone = "custom_cnn"\n[train]\nprogressive = 1.5\n')
+    with pytest.raises(RecipeError, match="progressive"):
+        load_recipe(str(bad))

@@ -134,3 +134,14 @@ def test_a_bank_needs_heavy_and_the_same_images():
         make_dataset(images, onehot, batch_size=8, augment="light", bank=images[None])
     with pytest.raises(ValueError):
         make_dataset(images, onehot, batch_size=8, augment="heavy", bank=images[None, :10])
+
+
+def test_the_bank_takes_at_most_a_third_of_the_memory_available():
+    from subbench.builder.pipeline import bank_copies
+
+    images = np.zeros((10, 96, 96, 3), np.uint8)          # 276,480 bytes a copy
+    assert bank_copies(images, 12, available_bytes=100 * images.nbytes) == 12
+    assert bank_copies(images, 12, available_bytes=15 * images.nbytes) == 5
+    assert bank_copies(images, 12, available_bytes=images.nbytes) == 1   # at least one
+    assert bank_copies(images, 0, available_bytes=images.nbytes) == 0    # none asked, none made
+    assert 1 <= bank_copies(images, 12) <= 12                            # this machine's memory, read from the OS

@@ -187,7 +187,7 @@ def test_cpu_recipe_builds_with_its_heavy_bank_and_sizes_itself(tiny_npz, tmp_pa
     assert "model size: 64 px, width 32: the largest size" in res.stdout
     assert _manifest(out)["training"]["model_size"]["input_size"] == 64
     recipe = _manifest(out)["training"]["recipe"]
-    assert (recipe["augment"], recipe["heavy_bank"], recipe["input_size"]) == ("heavy", 2, 48)
+    assert (recipe["augment"], recipe["heavy_bank"], recipe["input_size"]) == ("heavy", 2, 64)
     assert recipe["weight_decay"] == 0.02 and recipe["learning_rate"] == 3e-3   # flag over recipe, rest kept
     assert recipe["inputs"] == ["edges", "equalized"]                          # the flag's, registry order
     config = zipfile.ZipFile(zipfile.ZipFile(out).open("weights.keras")).read("config.json").decode()

@@ -80,6 +80,9 @@ TRAINING_OPTIONS = [
     click.option("--autosize-epochs", type=int, default=None, metavar="N",
                  help="custom_cnn with --max-train-minutes: time a step of each model size first and train the "
                       "largest that fits N epochs in the budget (0: off; --input-size/--width set it off)."),
+    click.option("--progressive", type=float, default=None, metavar="SHARE",
+                 help="From scratch with --max-train-minutes: train the first SHARE of the budget at 3/4 of the "
+                      "input size, then at the full size (progressive resizing; 0: off)."),
     click.option("--time-budget", "time_budget_s", type=float, default=None,
                  help="Seconds allowed on the server, for --tta auto (default: the profile's limit)."),
 ]

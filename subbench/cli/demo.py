@@ -26,7 +26,7 @@ from . import main, profile_option
 # recipe as shipped, which times its candidate sizes on this host and picks the largest that fits its epochs.
 COMMON = {"holdout": 0.25, "seed": 0, "tta": "none", "batch_size": 32}
 PLAIN = {"augment": "none", "val_corrupt": "none", "inputs": "none", "epochs": 200, "patience": 200,
-         "input_size": 48}
+         "input_size": 48, "progressive": 0}
 AWARE = {"epochs": 1000, "patience": 1000}
 MODELS = (("plain", "a plain CNN: no augmentation, validated on clean cells", PLAIN),
           ("hidden-aware", "the cpu recipe: trained on the hidden set's own corruption", AWARE))
