@@ -270,18 +270,19 @@ def train(recipe: Recipe, images: np.ndarray, labels: np.ndarray, val_images: np
         # part of training.
         deadline = time.monotonic() + recipe.max_train_minutes * 60 if recipe.max_train_minutes else None
         size, width = _model_size(recipe, state, images, labels, val_images, num_classes, head, deadline, echo)
+        def build(input_size):
+            return build_model(recipe.backbone, num_classes=num_classes, input_shape=images.shape[1:],
+                               input_size=input_size, weights=recipe.weights, head=head, seed=recipe.seed,
+                               inputs=recipe.inputs, width=width)
+
         with strategy.scope():
-            built = build_model(recipe.backbone, num_classes=num_classes, input_shape=images.shape[1:],
-                                input_size=size, weights=recipe.weights, head=head, seed=recipe.seed,
-                                inputs=recipe.inputs, width=width)
+            built = build(size)
             lowres = None
             if progressive_applies(recipe):
                 low = lowres_size(size or images.shape[1])
                 echo(f"progressive resizing: input {low} px for the first {recipe.progressive:.0%} of the time "
                      f"budget, then {size or images.shape[1]} px")
-                lowres = build_model(recipe.backbone, num_classes=num_classes, input_shape=images.shape[1:],
-                                     input_size=low, weights=recipe.weights, head=head, seed=recipe.seed,
-                                     inputs=recipe.inputs, width=width)
+                lowres = build(low)
             if recipe.whiten_stem and not state["phases"]:   # a resumed build restores its weights
                 from subbench.builder.custom_cnn import whiten_stem
 
