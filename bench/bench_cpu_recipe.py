@@ -189,8 +189,11 @@ def main() -> None:
     (args.out / "score.log").write_text(out)
     scores = json.loads((args.out / "result" / "scores.json").read_text())
     print(f"score: exit {rc}, {secs:.0f} s")
-    print(json.dumps({k: scores.get(k) for k in ("status", "accuracy", "n", "accuracy_ci95", "balanced_accuracy",
-                                                 "macro_f1", "clean", "timing", "scored_on")},
+    figures = {**scores, **scores.get("metrics", {})}   # scores.json schema 2 keeps the interval etc. in metrics
+    clean = (scores.get("clean") or {}).get("metrics", {})
+    print(json.dumps({**{k: figures.get(k) for k in ("status", "accuracy", "n", "accuracy_ci95", "balanced_accuracy",
+                                                     "macro_f1", "timing", "scored_on")},
+                      "clean": {k: clean.get(k) for k in ("accuracy", "accuracy_ci95", "n")}},
                      indent=1, default=str)[:4000])
     acc = scores.get("accuracy")
     print(f"simulated-hidden accuracy {acc} (goal >= 0.90)")

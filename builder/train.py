@@ -164,6 +164,9 @@ class _EpochLog:
         return EpochLog()
 
 
+JAX_LR_EVERY = 16   # steps between learning-rate updates of the time cosine on Keras' JAX backend
+
+
 def _time_cosine(initial_lr: float, start: float, deadline: float):
     """Keras callback: cosine decay over wall-clock time, from `start` to `deadline` (time.monotonic()).
 
@@ -176,6 +179,11 @@ def _time_cosine(initial_lr: float, start: float, deadline: float):
 
     class TimeCosine(keras.callbacks.Callback):
         def on_train_batch_begin(self, batch, logs=None):
+            sync = getattr(self.model, "jax_state_sync", None)
+            if sync is not None:   # Keras on JAX holds the optimizer's state outside its variables during fit:
+                if batch % JAX_LR_EVERY:   # bring it back to set the rate, now and then: a sync of custom_cnn's
+                    return                 # 150 variables takes ~1 ms, a tenth of its step on an H200
+                sync()
             frac = min(1.0, (time.monotonic() - start) / max(deadline - start, 1e-9))
             self.model.optimizer.learning_rate.assign(initial_lr * 0.5 * (1 + math.cos(math.pi * frac)))
 
@@ -220,8 +228,9 @@ def _lookahead(decay: float, progress):
 def _compile_plain(model, recipe: Recipe, learning_rate=None, metrics=None) -> None:
     """Compile `model` with the recipe's optimizer and loss; learning_rate a float or schedule (default the
     recipe's initial rate: probes, benchmarks). XLA ("auto") measured ~2x slower per step on CPU
-    (bench/bench_custom_cnn.py); kept for GPUs."""
-    import tensorflow as tf
+    (bench/bench_custom_cnn.py); kept for GPUs. On Keras' JAX or torch backend (bench/bench_gpu_recipe.py),
+    the backend's own choice ("auto")."""
+    import keras
 
     from subbench.builder.losses import make_loss
     from subbench.builder.optim import make_optimizer
@@ -230,8 +239,12 @@ def _compile_plain(model, recipe: Recipe, learning_rate=None, metrics=None) -> N
                          weight_decay=recipe.weight_decay)
     loss = make_loss(recipe.loss, label_smoothing=recipe.label_smoothing, gamma=recipe.focal_gamma,
                      alpha=recipe.focal_alpha)
-    model.compile(optimizer=opt, loss=loss, metrics=metrics,
-                  jit_compile="auto" if tf.config.list_physical_devices("GPU") else False)
+    jit = "auto"
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        jit = "auto" if tf.config.list_physical_devices("GPU") else False
+    model.compile(optimizer=opt, loss=loss, metrics=metrics, jit_compile=jit)
 
 
 def _compile(built, recipe: Recipe, lr: float, steps: int, epochs: int, step_cosine: bool = True):

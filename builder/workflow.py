@@ -32,7 +32,8 @@ def default_build_dir(out_zip: Path) -> Path:
     return out_zip.with_name(out_zip.stem + ".build")
 
 
-def _split(dataset: Dataset, recipe: Recipe, split_path: Path | None) -> dict:
+def data_split(dataset: Dataset, recipe: Recipe, split_path: Path | None = None) -> dict:
+    """The build's train/holdout split: read from `split_path`, else made from the recipe's holdout and seed."""
     from subbench.data.split import dataset_fingerprint, make_split, read_split
 
     fingerprint = dataset_fingerprint(dataset)
@@ -67,7 +68,8 @@ def _limit(idx: np.ndarray, labels: np.ndarray, n: int | None, seed: int) -> np.
 VAL_CORRUPT_SEED = 10_007
 
 
-def _validation(dataset: Dataset, idx: np.ndarray, recipe: Recipe, echo):
+def validation_set(dataset: Dataset, idx: np.ndarray, recipe: Recipe, echo=print):
+    """The validation images (the held-out ones, corrupted once with the recipe's val_corrupt preset) and labels."""
     if len(idx) == 0:
         return None, None
     images = dataset.images[idx]
@@ -87,7 +89,7 @@ def _kfold_epochs(dataset: Dataset, train_idx: np.ndarray, recipe: Recipe, profi
     rows = []
     for k, (tr, va) in enumerate(folds.split(train_idx, dataset.labels[train_idx]), start=1):
         echo(f"fold {k}/{recipe.kfold}")
-        val_x, val_y = _validation(dataset, train_idx[va], recipe, echo)
+        val_x, val_y = validation_set(dataset, train_idx[va], recipe, echo)
         res = train(recipe, dataset.images[train_idx[tr]], dataset.labels[train_idx[tr]], val_x, val_y,
                     num_classes=profile.num_classes, build_dir=build_dir / f"fold{k}", resume=resume, echo=echo)
         rows.append({"fold": k, "best_epoch": res.best_epochs.get("phase1") or recipe.epochs,
@@ -113,7 +115,7 @@ def build_trained(recipe: Recipe, data_path: Path, out_zip: Path, profile: Profi
     # A Dataset (arrays from a notebook) is used as it is; a path is loaded and recorded for `score`.
     dataset = data_path if isinstance(data_path, Dataset) else load_dataset(data_path, profile, progress=True)
     data_ref = None if isinstance(data_path, Dataset) else str(data_path)
-    split = _split(dataset, recipe, split_path)
+    split = data_split(dataset, recipe, split_path)
     train_idx = _limit(np.asarray(split["train"]), dataset.labels, recipe.limit, recipe.seed)
     hold_idx = np.asarray(split["holdout"], dtype=np.int64)
     if recipe.limit:
@@ -129,29 +131,41 @@ def build_trained(recipe: Recipe, data_path: Path, out_zip: Path, profile: Profi
         train_idx, hold_idx = np.sort(np.concatenate([train_idx, hold_idx])), np.zeros(0, dtype=np.int64)
         split["train"], split["holdout"] = train_idx.tolist(), []
         echo(f"final fit on all {len(train_idx)} images for {epochs} epochs (no held-out images left)")
-    val_x, val_y = _validation(dataset, hold_idx, recipe, echo)
+    val_x, val_y = validation_set(dataset, hold_idx, recipe, echo)
     result = train(recipe, dataset.images[train_idx], dataset.labels[train_idx], val_x, val_y,
                    num_classes=profile.num_classes, build_dir=build_dir / ("final" if recipe.final else "main"),
                    resume=resume, epochs=epochs, cpu_devices=cpu_devices, echo=echo)
     plot_curves(result.history, build_dir / "curves.png")
+    summary = {"recipe": recipe.to_dict(), "val_accuracy": result.val_accuracy, "best_epochs": result.best_epochs,
+               "kfold": kfold_rows, "epochs_trained": len(result.history),
+               "compute_policy": result.compute_policy, "model_size": result.model_size}
+    split = {**split, "train": train_idx.tolist(), "holdout": hold_idx.tolist()}   # as trained (--limit, --final)
+    return package_build(result.built.model, recipe, dataset, split, (val_x, val_y), out_zip, profile,
+                         data_ref=data_ref, summary=summary, build_dir=build_dir, force=force, echo=echo)
+
+
+def package_build(model, recipe: Recipe, dataset: Dataset, split: dict, val: tuple, out_zip: Path, profile: Profile,
+                  *, data_ref: str | None, summary: dict, build_dir: Path, force: bool = False,
+                  echo=print) -> PackageResult:
+    """A trained model into the build's zip: the TTA views (chosen on the validation set with --tta auto), the
+    split (split["train"], split["holdout"]: the images trained on and held out) and the training's `summary` in
+    the manifest; summary.json into `build_dir`."""
+    val_x, val_y = val
     tta_preset, tta_rows = recipe.tta, []
     views = None
     if recipe.tta == AUTO:
         if val_x is None:
             raise BuildDirError("--tta auto needs held-out images to judge accuracy", "set --holdout above 0")
-        choice = choose_tta(result.built.model, val_x, val_y, hidden_size=profile.hidden_size,
+        choice = choose_tta(model, val_x, val_y, hidden_size=profile.hidden_size,
                             time_budget_s=recipe.time_budget_s or profile.time_limit_s, echo=echo)
         tta_preset, views, tta_rows = choice.preset, choice.views, choice.rows
     views = views or TTA_PRESETS[tta_preset]
+    train_idx = np.asarray(split["train"], dtype=np.int64)
     split_info = {"format": 1, "kind": "subbench-split", **split, "data": data_ref,
                   "train_hashes": image_hashes(dataset.images[train_idx])}
-    split_info["train"] = train_idx.tolist()
-    split_info["holdout"] = hold_idx.tolist()
-    summary = {"recipe": recipe.to_dict(), "val_accuracy": result.val_accuracy, "best_epochs": result.best_epochs,
-               "kfold": kfold_rows, "epochs_trained": len(result.history),
-               "compute_policy": result.compute_policy, "model_size": result.model_size, "tta": {"preset": tta_preset,
-               "views": views, "candidates": tta_rows}, "val_corrupted_with": recipe.val_corrupt}
-    write_text_atomic(build_dir / "summary.json", json.dumps(summary, indent=1), force=True)
-    return package_models([result.built.model], out_zip, profile, tta=views, sources=[recipe.backbone],
+    summary = {**summary, "tta": {"preset": tta_preset, "views": views, "candidates": tta_rows},
+               "val_corrupted_with": recipe.val_corrupt}
+    write_text_atomic(Path(build_dir) / "summary.json", json.dumps(summary, indent=1), force=True)
+    return package_models([model], out_zip, profile, tta=views, sources=[recipe.backbone],
                           batch_size=recipe.batch_size, force=force, echo=echo,
                           extra_manifest={"split": split_info, "training": summary})
