@@ -4,8 +4,8 @@ cosine, trained with Keras on JAX, then packaged and scored here like any build.
 Why not `subbench build` itself: the builder trains on TensorFlow (tf.data pipelines), and the GPU machines this
 project borrows hold JAX and PyTorch but no TensorFlow (its wheel, ~600 MB, does not fit what can be carried
 there). Keras 3 runs the same model on JAX. Shared with `subbench build --recipe cpu`: the recipe file,
-build_model, the split and the validation copy (builder.workflow), the bank of corrupted copies (heavy_bank's
-seeds), the batch fetcher (clean or bank copy, symmetries, shifts) and the noise fields (builder.pipeline), the
+build_model, the split and the validation copy (builder.workflow), the bank of corrupted copies (heavy_bank, a
+process a copy), the batch fetcher (clean or bank copy, symmetries, shifts) and the noise fields (builder.pipeline), the
 loss and optimizer (_compile_plain), autosize's choose_size, progressive resizing's hand-over of weights and
 optimizer state, the time cosine and the time budget (builder.train). Different: the backend, the precision
 (mixed_bfloat16 on a GPU), a keras PyDataset on threads feeding the batches instead of tf.data, and the budget
@@ -42,6 +42,8 @@ import numpy as np
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from hostinfo import cpu_line  # noqa: E402
 
 
 def prepare(args) -> None:
@@ -60,23 +62,9 @@ def prepare(args) -> None:
         print(f"{args.to / part}: {size / 2**20:.1f} MB")
 
 
-def _one_copy(job):
-    from subbench.corrupt import apply_preset
-
-    images, seed = job
-    return apply_preset(images, "an2dl", seed=seed, cache=False, progress=False)
-
-
-def parallel_bank(images: np.ndarray, copies: int, seed: int) -> np.ndarray:
-    """heavy_bank(images, copies, seed), the same copies (same seeds), one process a copy."""
-    import multiprocessing as mp
-
-    with mp.get_context("fork").Pool(min(copies, os.cpu_count() or 1)) as pool:
-        return np.stack(pool.map(_one_copy, [(images, seed * 1_009 + k) for k in range(copies)]))
-
-
 def host_lines() -> list[str]:
-    lines = [f"python {platform.python_version()}, {os.cpu_count()} CPUs, {platform.processor() or platform.machine()}"]
+    """The CPU (bench/hostinfo.py's line), Python, and the GPU as nvidia-smi names it."""
+    lines = [cpu_line(), f"python {platform.python_version()}"]
     try:
         out = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
                              capture_output=True, text=True, timeout=30).stdout.strip()
@@ -84,6 +72,16 @@ def host_lines() -> list[str]:
     except (OSError, subprocess.TimeoutExpired):
         lines.append("GPU: nvidia-smi not found")
     return lines
+
+
+def recipe_model(recipe, profile, input_shape, input_size: int, width: int):
+    """The recipe's model at this size: what `build` trains (train.train's build_model call)."""
+    from subbench.builder.models import build_model
+    from subbench.builder.train import recipe_head
+
+    return build_model(recipe.backbone, num_classes=profile.num_classes, input_shape=input_shape,
+                       input_size=input_size, head=recipe_head(recipe), seed=recipe.seed, inputs=recipe.inputs,
+                       weights=recipe.weights, width=width).model
 
 
 def _batches(keras, x, onehot, fetch, noise, batch, seed):
@@ -133,15 +131,15 @@ def _epoch_printer(keras, phase: str, rows: list, batch_images: int, lr_of):
 def train_there(args) -> None:
     """The recipe's training under a `--minutes` budget, counted like the recipe's (bank and probes included)."""
     from subbench.builder.autosize import choose_size, lowres_size
-    from subbench.builder.pipeline import HEAVY_NOISE_SIGMA, _batch_fetcher, noise_fields
+    from subbench.builder.pipeline import HEAVY_NOISE_SIGMA, _batch_fetcher, heavy_bank, noise_fields
     from subbench.builder.recipe import load_recipe
     from subbench.builder.workflow import data_split, validation_set
     from subbench.datasets import load_dataset
     from subbench.profile import load_profile
 
     t_start = time.monotonic()
-    for line in host_lines():
-        print(line, flush=True)
+    host = host_lines()
+    print("\n".join(host), flush=True)
     recipe = load_recipe("cpu")
     profile = load_profile()
     ds = load_dataset(args.data, profile)
@@ -153,27 +151,24 @@ def train_there(args) -> None:
     val_x, val_y = validation_set(ds, hold_idx, recipe)
     deadline = time.monotonic() + args.minutes * 60
     t0 = time.monotonic()
-    bank = parallel_bank(x, recipe.heavy_bank, recipe.seed)   # before Keras: forked workers, no JAX state yet
+    # before Keras: forked workers, no JAX threads yet
+    bank = heavy_bank(x, recipe.heavy_bank, recipe.seed, processes=os.cpu_count() or 1)
     print(f"data: {len(ds)} images, training on {len(x)}, validating on {len(val_x)} (an2dl-corrupted); "
           f"bank of {len(bank)} corrupted copies in {time.monotonic() - t0:.0f} s", flush=True)
 
     import keras
     import jax
 
-    from subbench.builder.heads import HeadConfig
-    from subbench.builder.models import build_model
     from subbench.builder.train import (_compile_plain, _take_over_optimizer, _take_over_weights, _time_budget,
-                                        _time_cosine, one_hot)
+                                        _time_cosine, lowres_stop, one_hot)
 
     print(f"keras {keras.__version__} on {keras.backend.backend()} {jax.__version__}, devices {jax.devices()}")
     keras.mixed_precision.set_global_policy(args.policy)
     keras.utils.set_random_seed(recipe.seed)
-    head = HeadConfig(kind=recipe.head, dropout=recipe.head_dropout)
     onehot, val_onehot = one_hot(y, profile.num_classes), one_hot(val_y, profile.num_classes)
 
     def build(size, width):
-        model = build_model(recipe.backbone, num_classes=profile.num_classes, input_shape=x.shape[1:],
-                            input_size=size, head=head, seed=recipe.seed, inputs=recipe.inputs, width=width).model
+        model = recipe_model(recipe, profile, x.shape[1:], size, width)
         _compile_plain(model, recipe, metrics=["accuracy"])
         return model
 
@@ -193,7 +188,7 @@ def train_there(args) -> None:
     full = build(choice.input_size, choice.width)
     rows: list = []
     cosine_start = time.monotonic()
-    stop_low = deadline - (1.0 - recipe.progressive) * args.minutes * 60
+    stop_low = lowres_stop(deadline, recipe.progressive, args.minutes)
     best = Path(args.out) / "best.weights.h5"
     for phase, model, stop in (("phase1_lowres", low, stop_low), ("phase1", full, deadline)):
         if phase == "phase1":
@@ -209,7 +204,7 @@ def train_there(args) -> None:
     wall = time.monotonic() - t_start
     full_rows = [r for r in rows if r["phase"] == "phase1"]
     best_row = max(full_rows, key=lambda r: r.get("val_accuracy", 0.0))
-    log = {"host": host_lines(), "minutes": args.minutes, "policy": args.policy, "wall_s": round(wall, 1),
+    log = {"host": host, "minutes": args.minutes, "policy": args.policy, "wall_s": round(wall, 1),
            "model_size": choice.to_dict(), "epochs": rows, "best_epoch": best_row["epoch"],
            "val_accuracy": best_row.get("val_accuracy"), "bank_copies": len(bank)}
     (Path(args.out) / "log.json").write_text(json.dumps(log, indent=1))
@@ -221,8 +216,6 @@ def train_there(args) -> None:
 def finish(args) -> None:
     """The GPU-trained weights into the recipe's model, and it into a zip as `subbench build` makes it: same
     split, validation copy, TTA choice."""
-    from subbench.builder.heads import HeadConfig
-    from subbench.builder.models import build_model
     from subbench.builder.recipe import load_recipe
     from subbench.builder.workflow import data_split, package_build, validation_set
     from subbench.datasets import load_dataset
@@ -234,9 +227,7 @@ def finish(args) -> None:
     split = data_split(ds, recipe)
     val = validation_set(ds, np.asarray(split["holdout"]), recipe)
     size = log["model_size"]
-    model = build_model(recipe.backbone, num_classes=profile.num_classes, input_shape=ds.images.shape[1:],
-                        input_size=size["input_size"], head=HeadConfig(kind=recipe.head, dropout=recipe.head_dropout),
-                        inputs=recipe.inputs, width=size["width"]).model
+    model = recipe_model(recipe, profile, ds.images.shape[1:], size["input_size"], size["width"])
     model.load_weights(args.weights)
     acc = float(np.mean(model.predict(val[0].astype(np.float32), verbose=0).argmax(1) == val[1]))
     print(f"loaded {args.weights}: validation accuracy here {acc:.4f} (there {log['val_accuracy']})")

@@ -181,10 +181,9 @@ def child(spec: dict) -> None:
     import keras
 
     from subbench.builder import custom_cnn as cnn
-    from subbench.builder.heads import HeadConfig
     from subbench.builder.models import build_model
     from subbench.builder.recipe import load_recipe
-    from subbench.builder.train import _compile
+    from subbench.builder.train import _compile, recipe_head
 
     recipe = load_recipe("cpu")
     recipe = dataclasses.replace(recipe, batch_size=int(spec["batch"]))
@@ -193,8 +192,7 @@ def child(spec: dict) -> None:
     cnn.custom_cnn = lambda *a, **k: original(*a, **{**k, "widths": widths})
     policy = {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}[spec["precision"]]
     keras.mixed_precision.set_global_policy(policy)
-    head = HeadConfig(kind=recipe.head, dense_units=tuple(recipe.head_dense), batchnorm=recipe.head_batchnorm,
-                      dropout=recipe.head_dropout, l2=recipe.head_l2)
+    head = recipe_head(recipe)
     inputs = None if spec["inputs"] in ("none", "") else spec["inputs"].replace("+", ",")
     built = build_model(recipe.backbone, input_size=int(spec["size"]), inputs=inputs, head=head, seed=0)
     _compile(built, recipe, recipe.learning_rate, steps=100, epochs=1, step_cosine=False)

@@ -45,17 +45,16 @@ def package(workdir: Path, presets: list[str], input_size: int | None, batch_siz
     """{preset: extracted submission folder}, one zip per preset, the cpu recipe's model in each."""
     import dataclasses
 
-    from subbench.builder.heads import HeadConfig
     from subbench.builder.models import build_model
     from subbench.builder.package import package_models
     from subbench.builder.recipe import load_recipe
+    from subbench.builder.train import recipe_head
     from subbench.profile import load_profile
 
     recipe = load_recipe("cpu")
     if input_size:
         recipe = dataclasses.replace(recipe, input_size=input_size)
-    head = HeadConfig(kind=recipe.head, dense_units=tuple(recipe.head_dense), batchnorm=recipe.head_batchnorm,
-                      dropout=recipe.head_dropout, l2=recipe.head_l2)
+    head = recipe_head(recipe)
     built = build_model(recipe.backbone, input_size=recipe.input_size, inputs=recipe.inputs, head=head, seed=0,
                         width=recipe.width)
     profile = load_profile()

@@ -74,15 +74,27 @@ def add_noise_batch(x, pool, seed):
     return tf.clip_by_value(x + tf.gather(pool, pick), 0.0, 255.0)
 
 
-def heavy_bank(images: np.ndarray, copies: int, seed: int, progress: bool = False) -> np.ndarray:
-    """`copies` an2dl-corrupted copies of `images`, (copies, N, H, W, 3) uint8: computed once per build (not
-    cached on disk: at ~330 MB a copy of a training set they belong to this run)."""
+def _corrupted_copy(job) -> np.ndarray:
     from subbench.corrupt import apply_preset
 
-    bank = np.empty((copies, *images.shape), np.uint8)
-    for k in range(copies):
-        bank[k] = apply_preset(images, "an2dl", seed=seed * 1_009 + k, cache=False, progress=progress)
-    return bank
+    images, seed, progress = job
+    return apply_preset(images, "an2dl", seed=seed, cache=False, progress=progress)
+
+
+def heavy_bank(images: np.ndarray, copies: int, seed: int, progress: bool = False, processes: int = 1) -> np.ndarray:
+    """`copies` an2dl-corrupted copies of `images`, (copies, N, H, W, 3) uint8: computed once per build (not
+    cached on disk: at ~330 MB a copy of a training set they belong to this run). processes > 1: a forked process
+    a copy (the same copies; fork before Keras on JAX starts its threads), for hosts with cores to spare."""
+    jobs = [(images, seed * 1_009 + k, progress and processes <= 1) for k in range(copies)]
+    if processes <= 1:
+        bank = np.empty((copies, *images.shape), np.uint8)
+        for k, job in enumerate(jobs):
+            bank[k] = _corrupted_copy(job)
+        return bank
+    import multiprocessing as mp
+
+    with mp.get_context("fork").Pool(min(copies, processes)) as pool:
+        return np.stack(pool.map(_corrupted_copy, jobs))
 
 
 BANK_MEMORY_SHARE = 1 / 3   # the most of the memory available at the start that the bank may take

@@ -76,6 +76,20 @@ def plan_phases(recipe: Recipe, epochs: int | None = None, early_stopping: bool 
     return phases
 
 
+def recipe_head(recipe: Recipe):
+    """The recipe's [head] table as the HeadConfig build_model takes."""
+    from subbench.builder.heads import HeadConfig
+
+    return HeadConfig(kind=recipe.head, dense_units=tuple(recipe.head_dense), batchnorm=recipe.head_batchnorm,
+                      dropout=recipe.head_dropout, l2=recipe.head_l2)
+
+
+def lowres_stop(deadline: float, share: float, budget_minutes: float) -> float:
+    """When progressive resizing's small part ends: the last (1 - share) of the whole budget (bank and size probes
+    included) is the full size's."""
+    return deadline - (1.0 - share) * budget_minutes * 60
+
+
 def progressive_applies(recipe: Recipe) -> bool:
     """Progressive resizing is for a model trained from scratch against a time budget (its share is of the time)."""
     return bool(recipe.progressive) and recipe.weights == "none" and bool(recipe.max_train_minutes)
@@ -262,7 +276,6 @@ def train(recipe: Recipe, images: np.ndarray, labels: np.ndarray, val_images: np
     """Fit a model for `recipe` on (images, labels); validate on (val_images, val_labels) when given."""
     import keras
 
-    from subbench.builder.heads import HeadConfig
     from subbench.builder.models import build_model
 
     state = _open_state(build_dir, recipe, resume)
@@ -277,8 +290,7 @@ def train(recipe: Recipe, images: np.ndarray, labels: np.ndarray, val_images: np
         strategy = make_strategy(recipe.strategy, cpu_devices)
         echo(f"strategy: {type(strategy).__name__}, {strategy.num_replicas_in_sync} replicas")
         keras.utils.set_random_seed(recipe.seed)
-        head = HeadConfig(kind=recipe.head, dense_units=tuple(recipe.head_dense), batchnorm=recipe.head_batchnorm,
-                          dropout=recipe.head_dropout, l2=recipe.head_l2)
+        head = recipe_head(recipe)
         # The training time budget starts before the sizes are timed and the heavy bank is computed: both are
         # part of training.
         deadline = time.monotonic() + recipe.max_train_minutes * 60 if recipe.max_train_minutes else None
@@ -466,7 +478,7 @@ def _run_phase(run: _Run, phase: Phase) -> None:
          f"backbone {phase.unfreeze:.0%} trainable, input {built.input_size} px")
     stop = run.deadline
     if phase.lowres_until is not None and run.deadline is not None:
-        stop = run.deadline - (1.0 - phase.lowres_until) * run.recipe.max_train_minutes * 60
+        stop = lowres_stop(run.deadline, phase.lowres_until, run.recipe.max_train_minutes)
     if stop is not None and time.monotonic() >= stop:
         echo(f"{phase.name}: skipped, the training time budget is spent")
         state["done"].append(phase.name)

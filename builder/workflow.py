@@ -129,7 +129,6 @@ def build_trained(recipe: Recipe, data_path: Path, out_zip: Path, profile: Profi
             raise BuildDirError("--final needs --kfold K to know how many epochs to train",
                                 "add --kfold 5 (or set kfold in the recipe)")
         train_idx, hold_idx = np.sort(np.concatenate([train_idx, hold_idx])), np.zeros(0, dtype=np.int64)
-        split["train"], split["holdout"] = train_idx.tolist(), []
         echo(f"final fit on all {len(train_idx)} images for {epochs} epochs (no held-out images left)")
     val_x, val_y = validation_set(dataset, hold_idx, recipe, echo)
     result = train(recipe, dataset.images[train_idx], dataset.labels[train_idx], val_x, val_y,

@@ -128,6 +128,11 @@ def test_heavy_bank_is_the_an2dl_preset_per_copy():
     np.testing.assert_array_equal(bank[1], apply_preset(images, "an2dl", seed=7 * 1_009 + 1, cache=False))
 
 
+def test_heavy_bank_in_processes_is_the_same_bank():
+    images = np.random.default_rng(1).integers(0, 256, (4, 96, 96, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(heavy_bank(images, 3, seed=5, processes=2), heavy_bank(images, 3, seed=5))
+
+
 def test_a_bank_needs_heavy_and_the_same_images():
     images, onehot, _ = _labelled()
     with pytest.raises(ValueError):
