@@ -9,6 +9,8 @@ policy. The parts, each in its module:
     subbench.builder.preprocessing    each family's ImageNet preprocessing as built-in layers
     subbench.builder.custom_cnn       the small from-scratch CNN and its training-time stand-in layers
     subbench.builder.input_branches   extra input channels (edges, equalized) next to the image's 3
+    subbench.builder.cell_preprocessing   the team reports' CLAHE, illumination correction and cell masking,
+                                      on the raw image before everything else (preprocess=)
     subbench.builder.weights          --weights none | imagenet | PATH
     subbench.builder.heads            the classification heads (HEADS, HeadConfig)
 
@@ -24,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from subbench.builder.backbones import BackboneSpec, ModelConfigError, get_spec
+from subbench.builder.cell_preprocessing import CellPreprocessing
 from subbench.builder.heads import HeadConfig, build_head, check_head
 from subbench.builder.input_branches import InputBranches, build_branches, check_backbone
 from subbench.builder.preprocessing import init_caffe, preprocessing_layers
@@ -42,6 +45,7 @@ class BuiltModel:
     preprocess: Any = None     # keras.Model: raw input -> the backbone's input (shares the model's layers)
     preprocess_layers: list = field(default_factory=list)
     inputs: InputBranches = field(default_factory=InputBranches)
+    preprocess_steps: CellPreprocessing = field(default_factory=CellPreprocessing)
 
     @property
     def pretrained(self) -> bool:
@@ -51,13 +55,15 @@ class BuiltModel:
         """For the manifest/log: what was built."""
         return {"backbone": self.spec.name, "family": self.spec.family, "input_size": self.input_size,
                 "weights": self.weights, "preprocessing": self.spec.preprocessing, "head": asdict(self.head),
-                "inputs": list(self.inputs.names()), "params": int(self.model.count_params()),
+                "inputs": list(self.inputs.names()), "preprocess": self.preprocess_steps.to_list(),
+                "params": int(self.model.count_params()),
                 "backbone_params": int(self.backbone.count_params())}
 
 
 def build_model(backbone: str, *, num_classes: int = 8, input_shape=(96, 96, 3), input_size: int | None = None,
                 weights: str = "none", head: HeadConfig | None = None, seed: int = 0,
-                inputs: InputBranches | None = None, width: int | None = None) -> BuiltModel:
+                inputs: InputBranches | None = None, width: int | None = None,
+                preprocess=None) -> BuiltModel:
     """Backbone `backbone` + preprocessing + head, taking raw 0..255 float32 images of `input_shape`.
 
     input_size: resize inside the model to input_size x input_size first (for backbones that want more
@@ -65,6 +71,9 @@ def build_model(backbone: str, *, num_classes: int = 8, input_shape=(96, 96, 3),
     inputs: the input branches (backbones with per-image standardisation: custom_cnn), their channels after the
     image's 3 (subbench.builder.input_branches); an InputBranches or what InputBranches.from_names takes.
     width: custom_cnn only, the channels of its first stage (stages width, 2x, 4x, 8x); None = its default.
+    preprocess: cell preprocessing steps applied in order to the raw input before everything else (resizing,
+    the backbone's preprocessing, the input branches): a CellPreprocessing or what its from_spec takes
+    (subbench.builder.cell_preprocessing).
     """
     import keras
 
@@ -75,12 +84,17 @@ def build_model(backbone: str, *, num_classes: int = 8, input_shape=(96, 96, 3),
     check_backbone(inputs, spec)
     input_shape, size = _checked_input(spec, input_shape, input_size)
     check_weights_option(weights)
+    cell = CellPreprocessing.from_spec(preprocess)
+    cell_layers = cell.layers(input_shape)   # before the seed: the backbone's initial weights are as without them
     keras.utils.set_random_seed(seed)
 
     inp = keras.Input(input_shape, dtype="float32", name="image")
-    image = inp
+    raw = inp
+    for layer in cell_layers:
+        raw = layer(raw)
+    image = raw
     if size and (size, size) != input_shape[:2]:
-        image = keras.layers.Resizing(size, size, interpolation="bilinear", dtype="float32", name="pre_resize")(inp)
+        image = keras.layers.Resizing(size, size, interpolation="bilinear", dtype="float32", name="pre_resize")(raw)
     spatial = (size, size) if size else input_shape[:2]
     pre = preprocessing_layers(spec.preprocessing)
     kwargs = dict(include_top=False, input_shape=(*spatial, 3 + inputs.channels), **dict(spec.constructor_kwargs))
@@ -90,14 +104,16 @@ def build_model(backbone: str, *, num_classes: int = 8, input_shape=(96, 96, 3),
                                    "leave --width out for keras.applications backbones")
         kwargs["widths"] = tuple(int(width) * m for m in (1, 2, 4, 8))
     net, fix = backbone_with_weights(spec, weights, kwargs)
-    x, pre = _preprocessed(inp, image, pre + fix, inputs)
+    x, pre = _preprocessed(raw, image, pre + fix, inputs)
+    pre = cell_layers + pre
     pretrained = weights != "none"
     # Pretrained: inference-mode BatchNorm for good (standard Keras transfer learning); from scratch: normal.
     features = net(x, training=False) if pretrained else net(x)
     model = keras.Model(inp, build_head(features, head, num_classes), name=f"subbench_{spec.name}")
     built = BuiltModel(model=model, backbone=net, backbone_layers=_depth_ordered_layers(net), spec=spec, head=head,
                        input_size=spatial[0], weights=str(weights),
-                       preprocess=keras.Model(inp, x, name="preprocess"), preprocess_layers=pre, inputs=inputs)
+                       preprocess=keras.Model(inp, x, name="preprocess"), preprocess_layers=pre, inputs=inputs,
+                       preprocess_steps=cell)
     set_backbone_trainable(built, 0.0 if pretrained else 1.0)
     return built
 

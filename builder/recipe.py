@@ -24,6 +24,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 from subbench.builder.backbones import BACKBONES
+from subbench.builder.cell_preprocessing import CellPreprocessing, PreprocessError
 from subbench.builder.heads import HEADS
 from subbench.builder.input_branches import InputBranchError, InputBranches
 from subbench.builder.losses import LOSSES
@@ -40,7 +41,7 @@ class RecipeError(SubbenchError):
 
 # TOML table -> the fields it may hold (names are the dataclass fields below).
 SECTIONS = {
-    "model": ("backbone", "weights", "input_size", "width", "whiten_stem", "inputs"),
+    "model": ("backbone", "weights", "input_size", "width", "whiten_stem", "inputs", "preprocess"),
     "head": ("head", "head_dense", "head_batchnorm", "head_dropout", "head_l2"),
     "loss": ("loss", "label_smoothing", "focal_gamma", "focal_alpha", "balance"),
     "optimizer": ("optimizer", "learning_rate", "weight_decay", "schedule", "lookahead"),
@@ -67,6 +68,9 @@ class Recipe:
     whiten_stem: bool = False         # custom_cnn: start its first conv as a whitening of the training patches
     # custom_cnn: more input channels (subbench.builder.input_branches); TOML: inputs = ["edges", "equalized"]
     inputs: InputBranches = field(default_factory=InputBranches)
+    # cell preprocessing on the raw image, in this order (subbench.builder.cell_preprocessing); TOML:
+    # preprocess = ["illumination", "clahe"], a step with parameters as {name = "clahe", clip_limit = 3.0}
+    preprocess: CellPreprocessing = field(default_factory=CellPreprocessing)
     # [head]
     head: str = "gap"                 # gap | inception
     head_dense: tuple[int, ...] = ()
@@ -120,12 +124,14 @@ class Recipe:
 
     def __post_init__(self):
         self.inputs = InputBranches.from_names(self.inputs)   # also from a list of names
+        self.preprocess = CellPreprocessing.from_spec(self.preprocess)
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d.pop("extra")
         d["head_dense"] = list(self.head_dense)
         d["inputs"] = list(self.inputs.names())
+        d["preprocess"] = self.preprocess.to_list()
         return d
 
 
@@ -191,6 +197,8 @@ def _coerce(name: str, value):
         return tuple(int(v) for v in value)
     if name == "inputs":   # a list of names (TOML), "edges,equalized" or "none" (CLI), or an InputBranches
         return InputBranches.from_names(value)
+    if name == "preprocess":   # a list of steps (TOML), "clahe,mask" or "none" (CLI), or a CellPreprocessing
+        return CellPreprocessing.from_spec(value)
     if name in ("input_size", "width", "limit", "max_train_minutes") and value in (0, "", None):
         return None
     if name in ("val_corrupt",) and value in ("", "none", None, False):
@@ -222,8 +230,8 @@ def load_recipe(name_or_path: str | Path) -> Recipe:
                     raise RecipeError(f"recipe {path}: [{section}] has no option {key!r}",
                                       f"[{section}] takes {list(SECTIONS[section])}")
                 values[key] = _coerce(key, value)
-        except InputBranchError as exc:   # an unknown branch name: say which file
-            raise InputBranchError(f"recipe {path}: {exc.cause}", exc.hint) from None
+        except (InputBranchError, PreprocessError) as exc:   # an unknown branch or step name: say which file
+            raise type(exc)(f"recipe {path}: {exc.cause}", exc.hint) from None
     return check_values(Recipe(**values), f"recipe {path}")
 
 

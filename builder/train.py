@@ -298,7 +298,7 @@ def train(recipe: Recipe, images: np.ndarray, labels: np.ndarray, val_images: np
         def build(input_size):
             return build_model(recipe.backbone, num_classes=num_classes, input_shape=images.shape[1:],
                                input_size=input_size, weights=recipe.weights, head=head, seed=recipe.seed,
-                               inputs=recipe.inputs, width=width)
+                               inputs=recipe.inputs, width=width, preprocess=recipe.preprocess)
 
         with strategy.scope():
             built = build(size)
@@ -355,7 +355,8 @@ def _model_size(recipe: Recipe, state: dict, images, labels, val_images, num_cla
 
     def build_probe(size, width):
         model = build_model(recipe.backbone, num_classes=num_classes, input_shape=images.shape[1:], input_size=size,
-                            head=head, seed=recipe.seed, inputs=recipe.inputs, width=width).model
+                            head=head, seed=recipe.seed, inputs=recipe.inputs, width=width,
+                            preprocess=recipe.preprocess).model
         _compile_plain(model, recipe)
         return model
 
@@ -392,9 +393,11 @@ def _open_state(build_dir: Path, recipe: Recipe, resume: bool) -> dict:
 
 def _current_form(stored: dict) -> dict:
     """A recipe from state.json as Recipe.to_dict() writes it now (builds before `inputs` stored a boolean per
-    input branch), so that such a build resumes."""
+    input branch, and had no `preprocess`), so that such a build resumes."""
     from subbench.builder.recipe import LEGACY_INPUT_KEYS
 
+    if "preprocess" not in stored:
+        stored = {**stored, "preprocess": []}
     if "inputs" in stored:
         return stored
     current = {k: v for k, v in stored.items() if k not in LEGACY_INPUT_KEYS}

@@ -25,7 +25,9 @@ FAILURES = ("Execution_Time_Limit_Exceeded",   # Run.start: "Execution Time Limi
             "Missing_Command",                 # _run_program_directory: ingestion metadata without command
             "Scores_Not_Found",                # push_scores: "Could not find scores file, ..."
             "Scores_Not_Decodable",            # push_scores: "Could not decode scores json properly, ..."
-            "Metadata_Exists")                 # push_output: the output folder already holds `metadata`
+            "Metadata_Exists",                 # push_output: the output folder already holds `metadata`
+            "Scoring_Program_Failed",          # Run.start (PR #2030): the scoring program exited non-zero
+            "Out_Of_Memory")                   # --memory-limit (the worker sets none): named like `score`'s
 RESULT_KIND = "bundle"
 
 
@@ -44,7 +46,22 @@ def failure_exit_code(failure: str | None) -> int:
 
 
 class BundleResultNotFoundError(SubbenchError):
-    """A path given as a bundle result holds no bundle_score.json."""
+    """A path given as a bundle result holds no bundle result (scores.json, or bundle_score.json of older
+    versions)."""
+
+
+LEGACY_FILE = "bundle_score.json"     # what subbench wrote before bundle runs shared scores.json
+
+
+def result_file(path) -> Path | None:
+    """The bundle result file of a folder (scores.json, else the older bundle_score.json) or the file given."""
+    p = Path(path)
+    if not p.is_dir():
+        return p if p.is_file() else None
+    for name in ("scores.json", LEGACY_FILE):
+        if (p / name).is_file():
+            return p / name
+    return None
 
 
 @dataclass
@@ -59,6 +76,7 @@ class ProgramRun:
     exit_code: int | None = None     # as the container engine reports it (a signal N is 128 + N)
     elapsed_s: float | None = None
     killed: bool = False             # killed at the step's time limit
+    out_of_memory: bool = False      # killed at --memory-limit (its whole process tree)
     stdout: str | None = None        # the log's path, relative to the result folder
     stderr: str | None = None
     stderr_tail: str = ""
@@ -91,6 +109,8 @@ class ColumnScore:
     value: float | None = None
     present: bool = False            # the scores file has the key (or the column is computed from present ones)
     computed: str | None = None      # "avg" when the server computes it from other columns
+    task: int | None = None          # the task whose child submission gave the value (multi-task phases)
+    phase: int | None = None         # the phase (--phase all)
 
 
 @dataclass
@@ -119,10 +139,19 @@ class BundleScore(ResultMixin):
     created: str = ""
     subbench_version: str = ""
     kind: str = RESULT_KIND
+    # A multi-task phase: the parent submission holds one child per task (each run on its own, with its own run
+    # folder and time limit); the parent runs no step itself and its columns are its children's.
+    children: list["BundleScore"] = field(default_factory=list)
     # The folder holding the logs and outputs named by the relative paths above (a temp folder until saved).
     artifacts: Path | None = field(default=None, repr=False, compare=False, metadata={"serialize": False})
 
-    file_stem = "bundle_score"
+    file_stem = "scores"              # one result file for every score: scores.json
+
+    def to_dict(self) -> dict:
+        # Like Score: the leaderboard key leads scores.json, with its value; the rest follows.
+        body = to_plain(self)
+        value = body.pop("value")
+        return {self.leaderboard_key or "score": value, "schema": SCHEMA_VERSION, **body}
 
     @property
     def ok(self) -> bool:
@@ -130,6 +159,9 @@ class BundleScore(ResultMixin):
 
     @property
     def exit_code(self) -> int:
+        """The failure's code; a parent: its first failed child's (the server shows the parent Finished)."""
+        if self.children:
+            return next((c.exit_code for c in self.children if c.failure), 0)
         return failure_exit_code(self.failure)
 
     @property
@@ -152,7 +184,7 @@ class BundleScore(ResultMixin):
         return path.read_text(encoding="utf-8", errors="replace") if path.is_file() else None
 
     def save(self, folder, force: bool = False) -> Path:
-        """bundle_score.json, report.html and the kept logs and outputs (prediction/, scoring/,
+        """scores.json, report.html and the kept logs and outputs (prediction/, scoring/,
         detailed_results.html) into folder, atomically."""
         with atomic_path(folder, force=force) as tmp:
             if self.artifacts is not None and Path(self.artifacts).is_dir():
@@ -166,14 +198,17 @@ class BundleScore(ResultMixin):
 
     @classmethod
     def from_dict(cls, data: dict) -> "BundleScore":
+        data = dict(data)
+        if "value" not in data:              # schema 3: the value sits under the leaderboard key
+            data["value"] = data.get(data.get("leaderboard_key") or "score")
         return from_plain(cls, data)
 
     @classmethod
     def load(cls, path) -> "BundleScore":
         p = Path(path)
-        f = p / f"{cls.file_stem}.json" if p.is_dir() else p
-        if not f.is_file():
-            raise BundleResultNotFoundError(f"{p} holds no {cls.file_stem}.json",
+        f = result_file(p)
+        if f is None:
+            raise BundleResultNotFoundError(f"{p} holds no scores.json (nor {LEGACY_FILE})",
                                             "give folders written by `subbench score --bundle B --out DIR`")
         try:
             result = cls.from_dict(json.loads(f.read_text(encoding="utf-8")))
@@ -189,9 +224,8 @@ class BundleScore(ResultMixin):
 
 def is_bundle_result(path) -> bool:
     """A folder (or file) written by `subbench score --bundle ... --out`."""
-    p = Path(path)
-    f = p / f"{BundleScore.file_stem}.json" if p.is_dir() else p
-    if not f.is_file() or f.suffix != ".json":
+    f = result_file(path)
+    if f is None or f.suffix != ".json":
         return False
     try:
         return json.loads(f.read_text(encoding="utf-8")).get("kind") == RESULT_KIND
@@ -259,6 +293,23 @@ class BundleInfo(ResultMixin):
     def html(self) -> str:
         return render_bundle_info(self)
 
+    def _phase_needs(self, p: PhaseInfo) -> list[str]:
+        """What a submission to the phase needs: per task, what it must be and the data it is scored on; what a
+        local run of the phase lacks."""
+        tasks = {t.index: t for t in self.tasks}
+        out = []
+        if len(p.tasks) > 1:
+            out.append(f"  runs {len(p.tasks)} child submissions, one per task, each with its own time limit")
+        for i in p.tasks:
+            t = tasks.get(i)
+            if t is None:
+                continue
+            data = ", ".join(f"{d.kind} {d.name}" for d in t.data if d.kind in ("input_data", "reference_data"))
+            out.append(f"  needs (task {i}): {t.submission_kind}" + (f"; scored on {data}" if data else ""))
+            if t.missing:
+                out.append(f"  a local run of this phase lacks: {'; '.join(t.missing)}")
+        return out
+
     def lines(self) -> list[str]:
         """What `subbench bundle inspect` prints."""
         out = [f"bundle: {self.title or '(untitled)'}  (competition.yaml version {self.version})",
@@ -272,6 +323,7 @@ class BundleInfo(ResultMixin):
                 limit += f" (phase says {p.execution_time_limit} s)"
             out.append(f"phase {p.index}: {p.name}  · tasks {p.tasks} · time limit {limit}"
                        + (f" · {p.start} → {p.end or 'no end'}" if p.start else ""))
+            out += self._phase_needs(p)
         for t in self.tasks:
             out.append(f"task {t.index}: {t.name}" + ("  (ingestion only during scoring)"
                                                       if t.ingestion_only_during_scoring else ""))
@@ -424,7 +476,9 @@ def render_bundle_score(r: BundleScore) -> str:
                  '<th>key</th><th>value</th><th>sorting</th></tr>')
     for c in r.columns:
         value = _fmt_value(c.value, c.precision) if c.present else '<span class="fail">missing</span>'
-        parts.append(f"<tr><td>{_esc(c.leaderboard)}</td><td>{_esc(c.title)}</td><td>{_esc(c.key)}</td>"
+        parts.append(f"<tr><td>{_esc(c.leaderboard)}{'' if c.phase is None else ' · phase ' + _esc(c.phase)}"
+                     f"{'' if c.task is None else ' · task ' + _esc(c.task)}</td>"
+                     f"<td>{_esc(c.title)}</td><td>{_esc(c.key)}</td>"
                      f"<td>{value}{' (' + c.computed + ')' if c.computed else ''}</td><td>{_esc(c.sorting)}</td></tr>")
     parts.append("</table>")
     if r.scores is not None:
@@ -452,6 +506,11 @@ def render_bundle_score(r: BundleScore) -> str:
                              "</pre>")
         if s.metadata is not None:
             parts.append(f"<p class=\"sub\">output/metadata: <code>{html.escape(json.dumps(s.metadata))}</code></p>")
+    for child in r.children:
+        label = (f'Phase {_esc(child.phase.get("index"))} ({_esc(child.phase.get("name"))})'
+                 if r.phase.get("name") == "all" else
+                 f'Task {_esc(child.task.get("index"))} ({_esc(child.task.get("name"))}): child submission')
+        parts.append(f'<h2 class="child">{label}</h2>{render_bundle_score(child)}')
     parts.append('<h2>Run</h2><table class="kv">')
     for k, v in (("bundle", r.bundle.get("path")), ("bundle sha256", r.bundle.get("sha256")),
                  ("competition.yaml version", r.bundle.get("version")),

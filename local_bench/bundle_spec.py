@@ -10,9 +10,11 @@ dropped, one task per phase; `_unpack_leaderboards`: columns sorted by `rank`, `
 the root) or a zip inside the bundle (extracted as is by the worker's `_get_bundle`); a value that is neither but
 looks like a UUID is a data set already on the server (`base_unpacker._get_data_key`) and cannot be run locally.
 
-Differences, on purpose: Codabench ignores keys it does not know; here they are named errors (`BundleKeyError`,
-unless `strict=False`, which turns them into warnings), because a misspelt `execution_time_limit` silently
-gives the 600 s default on the server. Pages, terms and the logo are not needed for a local run: their absence
+Keys Codabench does not know: the unpackers ignore them, so here they are a warning naming the key (a
+misspelt `execution_time_limit` silently gives the 600 s default on the server); `strict=True` (`--strict`, for
+organizers checking their own bundle) makes them named errors (`BundleKeyError`). A key whose absence or type the
+unpackers refuse is a `BundleKeyError` with the unpacker's own message. Differences, on purpose: pages, terms and
+the logo are not needed for a local run: their absence
 is a warning, not an error (Codabench refuses the bundle).
 """
 
@@ -245,8 +247,8 @@ class _Reader:
         msg = f"{where} has key{'s' if len(extra) > 1 else ''} {', '.join(map(repr, extra))} that Codabench does " \
               f"not know (it ignores {'them' if len(extra) > 1 else 'it'})"
         if self.strict:
-            raise BundleKeyError(msg, f"fix the spelling (known keys: {', '.join(sorted(known))}), or pass "
-                                      "--ignore-unknown-keys to run anyway")
+            raise BundleKeyError(msg, f"fix the spelling (known keys: {', '.join(sorted(known))}), or run without "
+                                      "--strict (the server ignores the key)")
         self.warnings.append(msg)
 
     def require(self, mapping: dict, key: str, where: str, message: str | None = None):
@@ -455,14 +457,39 @@ def _read_v1(y: dict, r: _Reader) -> dict:
                 phases=phases, leaderboards=boards, solutions=[])
 
 
+MAX_YAML_NODES = 1_000_000   # expanded nodes; a real competition.yaml has a few hundred
+
+
+def _load_yaml(text: str):
+    """yaml.safe_load, refusing an alias bomb (anchors nested so that the document expands into billions of
+    nodes) before anything walks the expanded document: the composed graph's expanded size is counted first."""
+    import yaml
+
+    root = yaml.compose(text, Loader=yaml.SafeLoader)
+    sizes: dict[int, int] = {}
+
+    def size(node) -> int:
+        if id(node) not in sizes:
+            sizes[id(node)] = MAX_YAML_NODES + 1  # a node that holds itself counts as too big
+            children = [n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode) else \
+                node.value if isinstance(node, yaml.SequenceNode) else []
+            sizes[id(node)] = min(MAX_YAML_NODES + 1, 1 + sum(size(c) for c in children))
+        return sizes[id(node)]
+
+    if root is not None and size(root) > MAX_YAML_NODES:
+        raise BundleKeyError(f"competition.yaml expands into more than {MAX_YAML_NODES:,} YAML nodes through its "
+                             "aliases (*name): an alias bomb", "write the repeated parts out, or use fewer anchors")
+    return yaml.safe_load(text)
+
+
 def _text(value) -> str | None:
     return None if value is None else str(value)
 
 
-def open_bundle(path: str | os.PathLike, workdir: str | os.PathLike, strict: bool = True) -> Bundle:
+def open_bundle(path: str | os.PathLike, workdir: str | os.PathLike, strict: bool = False) -> Bundle:
     """Read a bundle (zip, extracted into workdir/bundle, or a folder, read in place: nothing is written to it).
 
-    `strict`: keys Codabench does not know are errors (False: warnings)."""
+    `strict`: keys Codabench does not know are errors (default: warnings, as the server ignores them)."""
     import yaml
 
     src = Path(path)
@@ -480,7 +507,7 @@ def open_bundle(path: str | os.PathLike, workdir: str | os.PathLike, strict: boo
                               "zip the bundle's contents, not its folder: `cd bundle && zip -r ../bundle.zip .`"
                               if nested else "a bundle has competition.yaml at its root")
     try:
-        y = yaml.safe_load(yaml_path.read_text(encoding="utf-8"))
+        y = _load_yaml(yaml_path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         raise BundleKeyError(f"competition.yaml is not valid YAML ({exc})".replace("\n", " "),
                              "fix the syntax error it names") from None

@@ -10,7 +10,10 @@ docstring below):
 - `Run.start`: both containers of a step ("program" and "ingestion") run at once, under one wall clock
   (`signal.alarm(execution_time_limit)`); at the limit the whole step fails with "Execution Time Limit exceeded.
   Limit was N seconds" and every container is removed (here: the whole process tree SIGKILLed by
-  proctree.run_tree, nothing left running);
+  proctree.run_tree, nothing left running); the clock starts when the step's containers start (after the
+  bundles are fetched and the image pulled), one clock per step; since PR #2030 (v1.24, on the production
+  server from v1.25, March 2026) a scoring program that exits non-zero fails the submission with "Child task
+  failed or non-zero return code" before any score is pushed;
 - `_run_program_directory`: `metadata.yaml`, else `metadata`; no metadata: a submission is copied to the output
   (results-only submissions), an ingestion program is an error; no `command`: an error for an ingestion program,
   a warning otherwise; the command goes through `replace_legacy_metadata_command` and runs with working
@@ -23,7 +26,11 @@ docstring below):
   (yaml.dump), refused when the programs wrote a `metadata` file themselves;
 - `get_detailed_results_file_path`: `detailed_results.html`, else the first `*.html` of the scoring output;
 - the site (`SubmissionSerializer.update`): the scoring step runs once the prediction step reports "Scoring",
-  whatever the programs' exit codes; only a failed step (an exception above) stops the submission.
+  whatever the prediction step's exit codes; only a failed step (an exception above) stops the submission.
+
+The worker source read: codalab/codabench `compute_worker/compute_worker.py` at 006d55f6 (docker-py APIClient,
+asyncio, one alarm per Run); the exit-code rule of PR #2030 is taken from the PR and its follow-up #2303 (the
+scoring step checks the gathered result of the "program" container only), as the stored source predates it.
 
 The /app paths: commands run against the local run folder. Where Linux allows it (`unshare --mount`, plus a user
 namespace when not root), each program runs in a private mount namespace whose /app/... are the run folder's
@@ -32,8 +39,8 @@ are rewritten to the run folder's and the result says so (`app_paths = "rewrite"
 forces the rewrite.
 
 Differences from the worker, on purpose: no docker image (the programs run in the interpreter the user picks;
-`python`/`python3` in a command is that interpreter, and a missing module is reported as such); no network, no
-GPU request, no /app/data mount (the worker host's private data); the logs of a program killed at the time limit
+`python`/`python3` in a command is that interpreter, and a missing module is reported as such); the network
+is this machine's, as the worker leaves it on (`--no-network`: a network namespace per program); no GPU request, no /app/data mount (the worker host's private data); the logs of a program killed at the time limit
 are kept (the worker loses them); a scores.txt that is not valid YAML is a named failure (the worker raises an
 unhandled exception and the submission stays "Scoring"); scores.txt is read with YAML's safe loader.
 """
@@ -43,6 +50,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import math
 import os
 import re
 import shlex
@@ -58,13 +66,17 @@ from pathlib import Path
 from typing import Callable
 
 from subbench.errors import SubbenchError
-from subbench.local_bench.bundle_result import (BundleInfo, BundleScore, BundleStatus, ColumnScore, DataInfo,
-                                                PhaseInfo, ProgramRun, StepResult, TaskInfo)
-from subbench.local_bench.bundle_spec import (Bundle, BundleError, BundleFileError, BundlePhase, BundleTask,
+from subbench.local_bench.bundle_result import BundleScore, BundleStatus, ColumnScore, ProgramRun, StepResult
+from subbench.local_bench.bundle_phase import run_all_phases, run_phase
+from subbench.local_bench.bundle_spec import (Bundle, BundleError, BundleFileError, BundlePhase,
+                                              BundleSelectionError, BundleTask,
                                               copy_tree, materialize, open_bundle, safe_extract_archive)
 from subbench.local_bench.proctree import StartError, run_tree
 from subbench.local_bench.stderr_filter import summarize
 
+SCORING_EXIT_MESSAGE = "Child task failed or non-zero return code"   # Run.start, codabench PR #2030
+# Column.computation over the columns at computation_indexes (leaderboards/models.py: avg; sum, min, max too).
+COMPUTATIONS = {"avg": lambda v: sum(v) / len(v), "sum": sum, "min": min, "max": max}
 APP_MODE_VAR = "SUBBENCH_APP_PATHS"       # "rewrite" forces the rewrite, "namespace" refuses to fall back
 STDERR_TAIL = 20
 PYTHON_NAME = re.compile(r"^python(\d+(\.\d+)*)?$")
@@ -177,6 +189,37 @@ def namespace_support() -> tuple[bool, str]:
     return True, ""
 
 
+NETWORK_ERROR = re.compile(r"URLError|gaierror|Temporary failure in name resolution|Network is unreachable|"
+                           r"Name or service not known|Failed to establish a new connection|No route to host")
+
+
+def _net_prefix() -> list[str]:
+    return [shutil.which("unshare") or "unshare", "--net"] + ([] if os.geteuid() == 0 else
+                                                             ["--user", "--map-root-user"])
+
+
+@functools.lru_cache(maxsize=1)
+def network_isolation() -> tuple[bool, str]:
+    """(usable, why not): can a program run in a network namespace of its own (loopback only)? Probed once."""
+    if not sys.platform.startswith("linux") or not shutil.which("unshare"):
+        return False, f"network namespaces need Linux and util-linux's `unshare` (this is {sys.platform})"
+    try:
+        proc = subprocess.run(_net_prefix() + [sys.executable, "-c", "pass"], capture_output=True, text=True,
+                              timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return False, f"unshare --net failed ({exc})"
+    if proc.returncode != 0:
+        return False, "no network namespace here (" + ((proc.stderr.strip().splitlines() or ["?"])[-1]) + ")"
+    return True, ""
+
+
+def require_network_isolation() -> None:
+    ok, why = network_isolation()
+    if not ok:
+        raise BundleRunError(f"--no-network cannot be applied: {why}",
+                             "run without --no-network (the programs then have this machine's network)")
+
+
 def app_mode() -> tuple[str, str]:
     """("namespace", "") or ("rewrite", why); $SUBBENCH_APP_PATHS=rewrite|namespace forces one."""
     forced = os.environ.get(APP_MODE_VAR, "")
@@ -269,8 +312,10 @@ class Step:
     """One worker `Run`: its run folder, its two containers, its outcome."""
 
     def __init__(self, root: Path, step: str, task: BundleTask, time_limit: float, python: str, mode: str,
-                 image: str, echo: Echo):
+                 image: str, echo: Echo, memory_limit_mb: float | None = None):
         self.root, self.step, self.task, self.time_limit = root, step, task, time_limit
+        self.memory_limit_mb = memory_limit_mb   # per program, its whole process tree (the worker sets none)
+        self.no_network = False                  # set by run_bundle: each program in its own network namespace
         self.is_scoring = step == "scoring"
         self.python, self.mode, self.image, self.echo = python, mode, image, echo
         self.program_dir = root / "program"
@@ -381,6 +426,24 @@ class Step:
         if any(r.killed for r in plans):
             raise SubmissionException(f"Execution Time Limit exceeded. Limit was {_fmt_limit(self.time_limit)} seconds",
                                       "Execution_Time_Limit_Exceeded")
+        if any(r.out_of_memory for r in plans):
+            raise SubmissionException(f"Out of memory: the {', '.join(r.role for r in plans if r.out_of_memory)} "
+                                      f"passed the memory limit of {_fmt_limit(self.memory_limit_mb)} MB "
+                                      "(--memory-limit; the worker itself sets none)", "Out_Of_Memory")
+        self._check_scoring_exit_code()
+
+    def _check_scoring_exit_code(self) -> None:
+        """Run.start since codalab/codabench PR #2030 (v1.24, production from v1.25): in the scoring step a scoring
+        program that exits non-zero fails the submission before push_scores, whatever it wrote. Only the scoring
+        program is checked (not an ingestion program running beside it, not the prediction step)."""
+        prog = next((r for r in self.runs if r.kind == "program" and r.action == "ran"), None)
+        if not self.is_scoring or prog is None or prog.exit_code in (0, None):
+            return
+        written = [n for n in ("scores.json", "scores.txt") if (self.output_dir / n).exists()]
+        if written:
+            self.warnings.append(f"the scoring program wrote {written[0]} but exited with code {prog.exit_code}: the "
+                                 "server fails the submission and stores no score")
+        raise SubmissionException(SCORING_EXIT_MESSAGE, "Scoring_Program_Failed")
 
     def _argv(self, run: ProgramRun) -> list[str] | None:
         view = AppView(self.mode, self._mounts(run.kind), self.root / ".subbench" / f"nsroot-{run.kind}")
@@ -400,7 +463,7 @@ class Step:
                 run.note = (run.note + "; " if run.note else "") + (
                     f"{args[0]} (the image's interpreter) ran as {self.python}")
             args[0] = self.python
-        run.argv = view.argv(args)
+        run.argv = (_net_prefix() if self.no_network else []) + view.argv(args)
         return run.argv
 
     def _run_one(self, run: ProgramRun, argv: list[str], env: dict, deadline: float, outcomes: dict,
@@ -416,10 +479,12 @@ class Step:
             with open(out_path, "wb") as out, open(err_path, "wb") as err:
                 cwd = self.program_dir if run.kind == "program" else self.ingestion_dir
                 ended = run_tree(argv, cwd=cwd, env=env, stdout=out, stderr=err,
-                                 time_limit_s=max(0.0, deadline - time.time()), on_poll=on_poll)
+                                 time_limit_s=max(0.0, deadline - time.time()), on_poll=on_poll,
+                                 memory_limit_mb=self.memory_limit_mb)
             run.exit_code = _docker_exit_code(ended.returncode)
             run.elapsed_s = ended.elapsed_s
             run.killed = ended.killed_for == "time"
+            run.out_of_memory = ended.killed_for == "memory"
         except StartError as exc:
             run.exit_code, run.elapsed_s = 127, 0.0
             err_path.write_text(f"{exc}\n")
@@ -432,6 +497,11 @@ class Step:
         if "appns: " in text and run.exit_code == 125:
             outcomes[id(run)] = BundleRunError(f"the private /app mounts failed: {text.strip().splitlines()[-1]}",
                                                f"set {APP_MODE_VAR}=rewrite to rewrite the paths instead")
+        if self.no_network and NETWORK_ERROR.search(text):
+            self.warnings.append(f"the {run.role} tried to reach the network ({NETWORK_ERROR.search(text).group(0)}) "
+                                 "and --no-network cut it off: on a server without internet (a queue with "
+                                 "COMPETITION_CONTAINER_NETWORK_DISABLED=true) it fails the same way; ship what it "
+                                 "downloads (e.g. weights fetched at Model()) inside the submission")
         module = _missing_module(text)
         if module:
             run.missing_module = module
@@ -524,6 +594,10 @@ def map_columns(bundle: Bundle, scores) -> tuple[list[ColumnScore], list[str]]:
                 v = table[c.key]
                 try:
                     cs.value, cs.present = float(v), not isinstance(v, bool)
+                    if not math.isfinite(cs.value):
+                        warnings.append(f"score {c.key!r} is {v!r}: the server stores scores as decimals, which "
+                                        "cannot hold it; the column stays empty")
+                        cs.value, cs.present = None, False
                 except (TypeError, ValueError):
                     warnings.append(f"score {c.key!r} is {v!r}, not a number: the server stores scores as decimals "
                                     "and refuses it")
@@ -534,14 +608,15 @@ def map_columns(bundle: Bundle, scores) -> tuple[list[ColumnScore], list[str]]:
             if c.computation and not cs.present:
                 wanted = {int(i) for i in (c.computation_indexes or [])}
                 parts = [x.value for x in board if x.index in wanted]
-                if c.computation == "avg" and parts and all(p is not None for p in parts):
-                    cs.value, cs.present = sum(parts) / len(parts), True
+                how = COMPUTATIONS.get(str(c.computation))
+                if how is not None and parts and all(p is not None for p in parts):
+                    cs.value, cs.present = float(how(parts)), True
                 cs.computed = str(c.computation)
         cols += board
     if scores is not None and not isinstance(scores, dict):
         warnings.append(f"the scores file holds a {type(scores).__name__}, not a mapping of column keys to "
                         "numbers: the server stores no score")
-    missing = [c.key for c in cols if not c.present and not c.computed]
+    missing = [c.key for c in cols if not c.present and not c.computed and c.key not in table]
     if missing and isinstance(scores, dict):
         warnings.append(f"leaderboard column key{'s' if len(missing) > 1 else ''} {', '.join(map(repr, missing))} "
                         f"missing from the scores (keys written: {', '.join(map(repr, scores)) or 'none'}): the "
@@ -554,20 +629,10 @@ def map_columns(bundle: Bundle, scores) -> tuple[list[ColumnScore], list[str]]:
 
 
 def run_bundle(bundle: Bundle, submission: Path, phase: BundlePhase, task: BundleTask, python: str,
-               time_limit: float | None, workdir: Path, echo: Echo) -> BundleScore:
+               time_limit: float | None, workdir: Path, echo: Echo, memory_limit_mb: float | None = None,
+               no_network: bool = False) -> BundleScore:
     """Both steps of one submission; the kept logs and outputs are under workdir/keep (BundleScore.artifacts)."""
-    from subbench import __version__
-
-    if task.server_key:
-        raise BundleFileError(f"task {task.index} is referenced by key {task.server_key}: it is defined on the "
-                              "server, not in the bundle", "a local run needs the task's programs in the bundle")
-    for kind in ("scoring_program", "ingestion_program", "input_data", "reference_data"):
-        ref = task.get(kind)
-        if ref is not None and not ref.usable:
-            raise BundleFileError(ref.note or f"{kind} {ref.name!r} is not in the bundle",
-                                  "a local run needs every program and data set of the task inside the bundle")
-    if task.get("scoring_program") is None:
-        raise BundleFileError(f"task {task.index} has no scoring program", "submissions to it cannot be scored")
+    _check_runnable(task)
     limit = float(time_limit) if time_limit is not None else float(bundle.effective_time_limit(phase))
     mode, why = app_mode()
     keep = workdir / "keep"
@@ -576,17 +641,7 @@ def run_bundle(bundle: Bundle, submission: Path, phase: BundlePhase, task: Bundl
     if mode == "rewrite":
         warnings.append(f"/app paths in the commands were rewritten to the local run folder ({why}); paths written "
                         "inside the programs' code do not resolve")
-    if len(phase.tasks) > 1:
-        warnings.append(f"phase {phase.index} has {len(phase.tasks)} tasks {phase.tasks}: the server runs each as a "
-                        f"child submission; this ran task {task.index} (choose with --task)")
-    result = BundleScore(
-        status=BundleStatus.Finished, failure=None, message="", failed_step=None, value=None, leaderboard_key=None,
-        columns=[], scores=None, scores_file=None, steps=[], time_limit_s=limit, python=python, app_paths=mode,
-        bundle={"path": bundle.source, "sha256": _sha256(Path(bundle.source)), "title": bundle.title,
-                "version": bundle.version, "docker_image": bundle.docker_image},
-        phase={"index": phase.index, "name": phase.name}, task={"index": task.index, "name": task.name},
-        submission={"path": str(submission), "sha256": _sha256(submission)},
-        created=time.strftime("%Y-%m-%dT%H:%M:%S%z"), subbench_version=__version__, artifacts=keep)
+    result = _new_result(bundle, submission, phase, task, limit, python, mode, keep)
 
     def fail(step: Step, exc: SubmissionException) -> BundleScore:
         result.status, result.failure, result.message, result.failed_step = \
@@ -597,7 +652,9 @@ def run_bundle(bundle: Bundle, submission: Path, phase: BundlePhase, task: Bundl
     try:
         echo(f"prediction step: {task.name or 'task ' + str(task.index)} (limit {_fmt_limit(limit)} s, "
              f"/app paths: {mode})")
-        pred = Step(steps_root / "prediction", "prediction", task, limit, python, mode, bundle.docker_image, echo)
+        pred = Step(steps_root / "prediction", "prediction", task, limit, python, mode, bundle.docker_image, echo,
+                    memory_limit_mb)
+        pred.no_network = no_network
         metadata = None
         try:
             pred.prepare(submission=submission)
@@ -614,7 +671,9 @@ def run_bundle(bundle: Bundle, submission: Path, phase: BundlePhase, task: Bundl
                 warnings.append(f"the {r.role} exited with code {r.exit_code} in the prediction step; the server "
                                 "goes on to the scoring step anyway")
         echo(f"scoring step (limit {_fmt_limit(limit)} s)")
-        score = Step(steps_root / "scoring", "scoring", task, limit, python, mode, bundle.docker_image, echo)
+        score = Step(steps_root / "scoring", "scoring", task, limit, python, mode, bundle.docker_image, echo,
+                     memory_limit_mb)
+        score.no_network = no_network
         metadata = None
         try:
             score.prepare(prediction_output=pred.output_dir)
@@ -629,16 +688,7 @@ def run_bundle(bundle: Bundle, submission: Path, phase: BundlePhase, task: Bundl
             warnings += score.warnings
             result.steps.append(score.result(metadata))
             _keep(score, keep)
-            detailed = score.detailed_results() if score.output_dir.exists() else None
-            if detailed is not None:
-                shutil.copyfile(detailed, keep / "detailed_results.html")
-                result.detailed_results = "detailed_results.html"
-                if not bundle.enable_detailed_results:
-                    warnings.append(f"the scoring program wrote {detailed.name} but the bundle does not set "
-                                    "enable_detailed_results: the server does not show it")
-        for r in score.runs:
-            if r.action == "ran" and r.exit_code not in (0, None):
-                warnings.append(f"the {r.role} exited with code {r.exit_code}; the scores it wrote were used")
+            warnings += _keep_detailed(score, keep, result, bundle)
         return result
     finally:
         result.columns, col_warnings = map_columns(bundle, result.scores)
@@ -646,6 +696,47 @@ def run_bundle(bundle: Bundle, submission: Path, phase: BundlePhase, task: Bundl
         if result.columns:
             result.leaderboard_key, result.value = result.columns[0].key, result.columns[0].value
         result.warnings = list(dict.fromkeys(warnings))
+
+
+def _check_runnable(task: BundleTask) -> None:
+    """A task a local run can run: defined in the bundle, every program and data set inside it."""
+    if task.server_key:
+        raise BundleFileError(f"task {task.index} is referenced by key {task.server_key}: it is defined on the "
+                              "server, not in the bundle", "a local run needs the task's programs in the bundle")
+    for kind in ("scoring_program", "ingestion_program", "input_data", "reference_data"):
+        ref = task.get(kind)
+        if ref is not None and not ref.usable:
+            raise BundleFileError(ref.note or f"{kind} {ref.name!r} is not in the bundle",
+                                  "a local run needs every program and data set of the task inside the bundle")
+    if task.get("scoring_program") is None:
+        raise BundleFileError(f"task {task.index} has no scoring program", "submissions to it cannot be scored")
+
+
+def _new_result(bundle: Bundle, submission: Path, phase: BundlePhase, task: BundleTask, limit: float,
+                python: str, mode: str, keep: Path) -> BundleScore:
+    from subbench import __version__
+
+    return BundleScore(
+        status=BundleStatus.Finished, failure=None, message="", failed_step=None, value=None, leaderboard_key=None,
+        columns=[], scores=None, scores_file=None, steps=[], time_limit_s=limit, python=python, app_paths=mode,
+        bundle={"path": bundle.source, "sha256": _sha256(Path(bundle.source)), "title": bundle.title,
+                "version": bundle.version, "docker_image": bundle.docker_image},
+        phase={"index": phase.index, "name": phase.name}, task={"index": task.index, "name": task.name},
+        submission={"path": str(submission), "sha256": _sha256(submission)},
+        created=time.strftime("%Y-%m-%dT%H:%M:%S%z"), subbench_version=__version__, artifacts=keep)
+
+
+def _keep_detailed(score: Step, keep: Path, result: BundleScore, bundle: Bundle) -> list[str]:
+    """get_detailed_results_file_path's file, kept as detailed_results.html; a warning when the server hides it."""
+    detailed = score.detailed_results() if score.output_dir.exists() else None
+    if detailed is None:
+        return []
+    shutil.copyfile(detailed, keep / "detailed_results.html")
+    result.detailed_results = "detailed_results.html"
+    if bundle.enable_detailed_results:
+        return []
+    return [f"the scoring program wrote {detailed.name} but the bundle does not set enable_detailed_results: the "
+            "server does not show it"]
 
 
 def _keep(step: Step, keep: Path) -> None:
@@ -658,147 +749,16 @@ def _keep(step: Step, keep: Path) -> None:
         shutil.copytree(step.output_dir, dest / "output", symlinks=True, dirs_exist_ok=True)
 
 
-# ------------------------------------------------------------------------------------------------ inspect
-_IMPORT_PROBE = """
-import importlib.util, json, sys
-names = json.loads(sys.argv[1])
-std = set(getattr(sys, "stdlib_module_names", ()))
-out = {}
-for n in names:
-    if n in std or n in sys.builtin_module_names:
-        out[n] = "stdlib"
-    else:
-        try:
-            out[n] = "yes" if importlib.util.find_spec(n) is not None else "no"
-        except Exception:
-            out[n] = "no"
-print(json.dumps(out))
-"""
-
-
-def _imports(folder: Path) -> list[str]:
-    """Top-level modules the .py files of a program import, without the program's own modules."""
-    import ast
-
-    local = {p.stem for p in folder.rglob("*.py")} | {p.name for p in folder.rglob("*") if p.is_dir()}
-    found: set[str] = set()
-    for path in folder.rglob("*.py"):
-        try:
-            tree = ast.parse(path.read_text(encoding="utf-8", errors="replace"))
-        except (SyntaxError, ValueError):
-            continue
-        for node in ast.walk(tree):
-            if isinstance(node, ast.Import):
-                found |= {a.name.split(".")[0] for a in node.names}
-            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                found.add(node.module.split(".")[0])
-    return sorted(found - local - {"__future__"})
-
-
-def probe_imports(python: str, names: list[str]) -> dict[str, str]:
-    if not names:
-        return {}
-    try:
-        proc = subprocess.run([python, "-c", _IMPORT_PROBE, json.dumps(names)], capture_output=True, text=True,
-                              timeout=60)
-        return json.loads(proc.stdout.strip().splitlines()[-1])
-    except (OSError, ValueError, IndexError, subprocess.TimeoutExpired):
-        return {}
-
-
-def _app_paths_in_code(folder: Path) -> list[str]:
-    hits = []
-    for path in sorted(folder.rglob("*")):
-        if path.name in ("metadata", "metadata.yaml"):
-            continue  # the command's /app paths are the worker's own, handled either way
-        if path.is_file() and path.suffix in (".py", ".sh", ".R", ".r", ".jl", "") and path.stat().st_size < 1 << 20:
-            try:
-                if APP_PATH.search(path.read_text(encoding="utf-8", errors="replace")):
-                    hits.append(str(path.relative_to(folder)))
-            except OSError:
-                pass
-    return hits
-
-
-def inspect_bundle(path, python: str, strict: bool = True) -> BundleInfo:
-    """What `subbench bundle inspect` shows: phases, tasks, programs and data, columns, limits, image, and what a
-    local run lacks."""
-    with tempfile.TemporaryDirectory(prefix="subbench-inspect-") as tmp:
-        bundle = open_bundle(path, tmp, strict=strict)
-        mode, why = app_mode()
-        infos, seen, path_warnings = [], {}, []
-        for index in sorted(bundle.tasks):
-            task = bundle.tasks[index]
-            data, missing = [], []
-            if task.server_key:
-                missing.append(f"the task is referenced by key {task.server_key}: it is defined on the server")
-            for kind in ("ingestion_program", "input_data", "scoring_program", "reference_data"):
-                ref = task.get(kind)
-                if ref is None:
-                    continue
-                d = DataInfo(kind, ref.name, ref.form, note=ref.note)
-                if not ref.usable:
-                    missing.append(ref.note or f"{kind} {ref.name!r}")
-                    data.append(d)
-                    continue
-                key = (kind, ref.path)
-                folder = seen.get(key)
-                if folder is None:
-                    folder = Path(tmp) / "data" / f"{len(seen)}"
-                    materialize(ref, folder)
-                    seen[key] = folder
-                files = [p for p in folder.rglob("*") if p.is_file()]
-                d.files, d.size_mb = len(files), round(sum(p.stat().st_size for p in files) / 2**20, 3)
-                if kind in ("ingestion_program", "scoring_program"):
-                    d.has_metadata = (folder / "metadata.yaml").exists() or (folder / "metadata").exists()
-                    try:
-                        action, command, note = read_metadata(folder, "program")
-                        d.command = command
-                        if action == "no_command":
-                            missing.append(f"{kind} {ref.name}: its metadata has no command"
-                                           + (" (the worker fails: Program directory missing 'command' in metadata)"
-                                              if kind == "ingestion_program" else " (no scores can be written)"))
-                    except SubmissionException:
-                        pass
-                    if not d.has_metadata:
-                        missing.append(f"{kind} {ref.name}: no metadata at its root"
-                                       + (" (the worker fails: Program directory missing 'metadata.yaml/metadata')"
-                                          if kind == "ingestion_program" else
-                                          " (the worker copies it to the output and finds no scores)"))
-                    d.imports = _imports(folder)
-                    status = probe_imports(python, d.imports)
-                    d.imports = [n for n in d.imports if status.get(n) != "stdlib"]
-                    d.missing_imports = [n for n in d.imports if status.get(n) == "no"]
-                    d.app_paths_in_code = _app_paths_in_code(folder)
-                    if d.app_paths_in_code and mode == "rewrite":
-                        path_warnings.append(
-                            f"task {index}: {kind} {ref.name} names /app paths in its code "
-                            f"({', '.join(d.app_paths_in_code[:3])}); without a private mount namespace ({why}) only "
-                            "the paths its command passes are rewritten, the others do not resolve")
-                data.append(d)
-            if task.get("scoring_program") is None and not task.server_key:
-                missing.append("no scoring program")
-            if task.get("ingestion_program") is not None:
-                kind = ("a code submission (read by the ingestion program at /app/ingested_program); a results-only "
-                        "submission works if the ingestion program accepts it")
-            else:
-                kind = ("results (copied to the output as they are) or a program with a `metadata` command that "
-                        "writes them to /app/output")
-            infos.append(TaskInfo(index, task.name, task.ingestion_only_during_scoring, data, kind, missing))
-        cols, _ = map_columns(bundle, None)
-        phases = [PhaseInfo(p.index, p.name, p.tasks, p.execution_time_limit, bundle.effective_time_limit(p),
-                            p.start, p.end) for p in bundle.phases]
-        warnings = list(bundle.warnings) + path_warnings
-        if mode == "rewrite":
-            warnings.append(f"no private mount namespace here ({why}): /app paths in commands will be rewritten")
-        return BundleInfo(str(path), bundle.version, bundle.title, bundle.docker_image, bundle.queue,
-                          bundle.enable_detailed_results, phases, infos, cols, python, warnings)
-
-
 def score_with_bundle(submission, bundle_path, phase=None, task=None, python: str | None = None,
-                      time_limit: float | None = None, out=None, force: bool = False, strict: bool = True,
-                      echo: Echo | None = None) -> BundleScore:
-    """Open the bundle, pick the phase and task, run both steps, save to `out` when given."""
+                      time_limit: float | None = None, out=None, force: bool = False, strict: bool = False,
+                      echo: Echo | None = None, memory_limit_mb: float | None = None,
+                      no_network: bool = False) -> BundleScore:
+    """Open the bundle, pick the phase and task, run both steps, save to `out` when given.
+
+    memory_limit_mb: the resident memory of each program's whole process tree, in both steps (Out_Of_Memory past
+    it); None, like the worker, which sets no memory limit on its containers. no_network: every program in a
+    network namespace of its own (loopback only), as on a queue with COMPETITION_CONTAINER_NETWORK_DISABLED=true;
+    off by default, like the worker; a BundleRunError where Linux does not allow it."""
     from subbench.atomic import check_writable
 
     echo = echo or (lambda _line: None)
@@ -812,11 +772,31 @@ def score_with_bundle(submission, bundle_path, phase=None, task=None, python: st
         raise SubbenchError(f"interpreter {python} does not exist", "give --python PATH to a Python interpreter")
     with tempfile.TemporaryDirectory(prefix="subbench-bundle-") as tmp:
         bundle = open_bundle(bundle_path, tmp, strict=strict)
+        if no_network:
+            require_network_isolation()
+        run_task = functools.partial(run_bundle, memory_limit_mb=memory_limit_mb, no_network=no_network)
+        if str(phase).lower() == "all":
+            if task is not None:
+                raise BundleSelectionError("--task cannot be given with --phase all",
+                                           "each phase runs its own tasks; pick one phase for --task")
+            result = run_all_phases(bundle, submission, python, time_limit, Path(tmp) / "work", echo, run_task)
+            return _finish(result, out, force)
         ph = bundle.phase(phase)
-        tk = bundle.task(ph, task)
-        result = run_bundle(bundle, submission, ph, tk, python, time_limit, Path(tmp) / "work", echo)
-        if out is not None:
-            result.save(out, force=force)
+        if task is None and len(ph.tasks) > 1:   # the server: a parent with one child submission per task
+            result = run_phase(bundle, submission, ph, python, time_limit, Path(tmp) / "work", echo, run_task)
         else:
-            result.artifacts = None
-        return result
+            tk = bundle.task(ph, task)
+            result = run_task(bundle, submission, ph, tk, python, time_limit, Path(tmp) / "work", echo)
+            if len(ph.tasks) > 1:
+                result.warnings.append(f"phase {ph.index} has {len(ph.tasks)} tasks {ph.tasks}: the server runs "
+                                       f"each as a child submission; --task ran task {tk.index} alone")
+        return _finish(result, out, force)
+
+
+def _finish(result: BundleScore, out, force: bool) -> BundleScore:
+    """Save to `out` (atomically) while the run's temp folder still holds the kept files."""
+    if out is not None:
+        result.save(out, force=force)
+    else:
+        result.artifacts = None
+    return result

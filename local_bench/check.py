@@ -3,7 +3,8 @@
 Checks run in order; a zip that is unsafe or mislaid stops the rest (nothing is extracted from it). Each
 failure has a name, a one-line cause and a fix hint.
   1. zip: integrity, path traversal, symlinks, zip bomb, size               (safezip, before extraction)
-  2. layout: model.py at the root, every referenced file present, manifest hashes
+  2. layout: model.py at the root, every referenced file present, manifest hashes (a file edited after build
+     is a warning, FilesEditedAfterBuild: the server runs it; the probe comparison is skipped)
   3. interface: class Model callable as Model() and .predict(X) (extra parameters need defaults) - read with
      ast, without importing
   4. model content: the saved configs against the server Keras's key table (Lambda, training-only layers,
@@ -69,6 +70,11 @@ class CheckReport(ResultMixin):
     def failures(self) -> list[str]:
         return [r.name for r in self.results if not r.ok]
 
+    @property
+    def warnings(self) -> list[str]:
+        """What passed but no longer proves what it did (a zip edited after build)."""
+        return [r.cause for r in self.results if r.ok and r.details.get("warning")]
+
     def to_dict(self) -> dict:
         return {**super().to_dict(), "ok": self.ok}
 
@@ -105,18 +111,31 @@ def check_layout(folder: Path, profile: Profile) -> list[CheckResult]:
     if missing:
         out.append(_fail("MissingFile", f"{profile.entry} refers to {missing}, which the zip does not contain",
                          "add the weight files at the zip's root beside model.py", missing=missing))
-    manifest = read_manifest(folder)
-    if manifest and "files" in manifest:
-        changed = [n for n, digest in manifest["files"].items()
-                   if n in names and sha256_bytes((folder / n).read_bytes()) != digest]
-        absent = [n for n in manifest["files"] if n not in names]
-        if changed or absent:
-            out.append(_fail("FileHashMismatch", f"files differ from what build recorded: changed {changed}, "
-                             f"missing {absent}", "rebuild the zip instead of editing it by hand",
-                             changed=changed, missing=absent))
     if not out:
         out.append(CheckResult("layout", True, details={"files": sorted(names)}))
-    return out
+    return out + _edited_after_build(folder, names)
+
+
+EDITED = "FilesEditedAfterBuild"
+
+
+def _edited_after_build(folder: Path, names: set[str]) -> list[CheckResult]:
+    """A warning (the server runs an edited zip like any other): files that differ from what build recorded in
+    manifest.json, and what the manifest's probe and TTA choice no longer prove about them."""
+    manifest = read_manifest(folder)
+    if not manifest or "files" not in manifest:
+        return []
+    changed = [n for n, digest in manifest["files"].items()
+               if n in names and sha256_bytes((folder / n).read_bytes()) != digest]
+    absent = [n for n in manifest["files"] if n not in names]
+    if not changed and not absent:
+        return []
+    what = ", ".join([f"{n} changed" for n in changed] + [f"{n} missing" for n in absent])
+    cause = (f"files differ from what build recorded ({what}): the probe prediction and the TTA choice recorded in "
+             "manifest.json were measured on the built files and prove nothing about these (the probe comparison "
+             "is skipped); the live run decides")
+    return [CheckResult(EDITED, True, cause, "rebuild with `subbench build` to record a probe for these files",
+                        {"warning": True, "changed": changed, "missing": absent})]
 
 
 def check_interface(source: str, profile: Profile) -> list[CheckResult]:
@@ -280,7 +299,7 @@ def check_zip(zip_path: str | Path, profile: Profile, env: str = "local", time_l
         manifest = read_manifest(folder) or {}
         if live and structural_ok:
             results += check_live(folder, profile, python, time_limit_s)
-            if (folder / "model_config.json").exists():
+            if (folder / "model_config.json").exists() and not any(r.name == EDITED for r in results):
                 results += check_probe(folder, profile, python, manifest)
     return CheckReport(str(zip_path), env, python, results)
 

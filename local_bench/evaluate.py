@@ -31,7 +31,10 @@ from subbench.profile import Profile
 from subbench.results import from_plain
 from subbench.server_env import resolve_python
 
+from subbench.corrupt.record import an2dl_record, concat as concat_records
 from subbench.local_bench import scorer
+from subbench.local_bench.breakdown import breakdown, corruption_errors, suite_ranking
+from subbench.local_bench.draws import choose_draws, draw_spread
 from subbench.local_bench.results import (CleanResult, CwdCheck, Leakage, Metrics, Projection, Robustness, Score,
                                           ScoredOn, Status, Timing)
 from subbench.local_bench.runner import CWD_MODES, RunResult, run_sets
@@ -59,6 +62,9 @@ class ScoreOptions:
     seed: int = 0
     cross_cwd: bool = True
     suite_size: int = SUITE_SIZE
+    mce_baseline: str | None = None        # a suite score folder / scores.json: mCE against that model
+    explain: int = 0                       # misclassified images explained (Grad-CAM) for each of the top ops
+    draws: int | str | None = "auto"       # corruption draws of each image (auto: as many as fit DRAWS_BUDGET_S)
     progress: bool = False
     keep_run_dir: bool = False
 
@@ -125,10 +131,10 @@ def select_images(data, profile: Profile, manifest: dict | None, options: ScoreO
     return images, labels, info, warnings
 
 
-def _simulate(images: np.ndarray, preset: str, seed: int, progress: bool) -> np.ndarray:
+def _simulate(images: np.ndarray, preset: str, seed: int, progress: bool, cache: bool = True) -> np.ndarray:
     from subbench.corrupt import apply_preset
 
-    return apply_preset(images, preset=preset, seed=seed, cache=True, progress=progress)
+    return apply_preset(images, preset=preset, seed=seed, cache=cache, progress=progress)
 
 
 # ------------------------------------------------------------------------------------------------ the runs
@@ -170,6 +176,21 @@ def _check_options(options: ScoreOptions, cwd_mode: str) -> None:
     if options.simulate_hidden and options.simulate_hidden not in SIMULATE_PRESETS:
         raise SubbenchError(f"--simulate-hidden {options.simulate_hidden!r} is not a preset",
                             f"use one of {', '.join(SIMULATE_PRESETS)}")
+    draws = options.draws
+    if draws not in (None, "auto") and (not isinstance(draws, (int, np.integer)) or isinstance(draws, bool)
+                                        or draws < 1):
+        raise SubbenchError(f"--draws {draws!r} is not a number of draws", "use --draws auto or a whole number >= 1")
+    if draws not in (None, "auto", 1) and options.simulate_hidden not in ("an2dl", "noise"):
+        raise SubbenchError("--draws needs --simulate-hidden an2dl or noise",
+                            "add --simulate-hidden, or drop --draws")
+    if options.explain and options.simulate_hidden != "an2dl":
+        raise SubbenchError("--explain needs --simulate-hidden an2dl (it explains the costliest ops' mistakes)",
+                            "add --simulate-hidden, or use `subbench explain` for any images")
+    if options.mce_baseline:
+        if options.simulate_hidden != "suite":
+            raise SubbenchError("--mce-baseline needs --simulate-hidden=suite",
+                                "add --simulate-hidden=suite, or drop --mce-baseline")
+        _baseline_suite(options.mce_baseline)
 
 
 def evaluate(zip_path, data, profile: Profile, options: ScoreOptions | None = None,
@@ -221,22 +242,38 @@ def evaluate(zip_path, data, profile: Profile, options: ScoreOptions | None = No
         # A run killed for time or memory says nothing about the working directory: no cross-check then.
         if options.cross_cwd and run.status in ("ok", "Import_Error", "Init_Error", "Predict_Error"):
             warnings += _cross_cwd(score, folder, images, run, cwd_mode, time_limit, common)
+        if run.ok and preset in ("an2dl", "noise"):
+            score.clean_images = clean
+            warnings += _simulated_draws(score, folder, clean, labels, run, options, cwd_mode, common, echo)
+        if run.ok and options.explain and score.breakdown is not None:
+            from subbench.local_bench.explain_ops import explain_top_ops
+
+            score.explanations, more = explain_top_ops(score, zip_path, options.explain, python, profile, echo)
+            warnings += more
         if run.ok and options.clean_too and preset in ("an2dl", "noise"):
-            echo(f"running the clean images for comparison ({len(clean)} images)")
-            clean_run = run_sets(folder, [("clean", clean)], time_limit_s=time_limit, cwd_mode=cwd_mode,
-                                 progress=options.progress, **common)
-            score.clean = CleanResult(Status(clean_run.status), clean_run.message or "")
-            if clean_run.ok:
-                score.clean.metrics = _metrics(labels, clean_run.predictions, profile)
-                score.clean.gap = score.clean.metrics.accuracy - metrics.accuracy
-                score.clean.timing = Timing(stages=dict(clean_run.stages), elapsed_s=clean_run.elapsed_s)
+            score.clean = _clean_run(score, folder, clean, labels, time_limit, cwd_mode, options, common, echo)
         if run.ok and preset == "suite":
             score.robustness = _suite(folder, clean, labels, run, options, cwd_mode, common, echo)
+            _rank_suite(score.robustness, options.mce_baseline)
         score.environment = _environment(options, profile, run, cwd_mode)
         score.zip = {"path": str(zip_path), "sha256": _sha256(zip_path) if zip_path.is_file() else None,
                      "size_mb": round(zip_path.stat().st_size / 2**20, 3) if zip_path.is_file() else None}
         score.warnings = [str(w) for w in warnings]
         return score
+
+
+def _clean_run(score: Score, folder, clean, labels, time_limit, cwd_mode: str, options: ScoreOptions, common,
+               echo) -> CleanResult:
+    """The clean images in a run of their own, for the clean-vs-corrupted gap."""
+    echo(f"running the clean images for comparison ({len(clean)} images)")
+    clean_run = run_sets(folder, [("clean", clean)], time_limit_s=time_limit, cwd_mode=cwd_mode,
+                         progress=options.progress, **common)
+    result = CleanResult(Status(clean_run.status), clean_run.message or "")
+    if clean_run.ok:
+        result.metrics = _metrics(labels, clean_run.predictions, common["profile"])
+        result.gap = result.metrics.accuracy - score.metrics.accuracy
+        result.timing = Timing(stages=dict(clean_run.stages), elapsed_s=clean_run.elapsed_s)
+    return result
 
 
 def _cross_cwd(score: Score, folder, images, run: RunResult, cwd_mode: str, time_limit, common) -> list[str]:
@@ -282,6 +319,57 @@ def _suite(folder, clean, labels, run: RunResult, options: ScoreOptions, cwd_mod
     summary.pop("formula")
     return from_plain(Robustness, {"status": "ok", **summary, "n": int(len(take)),
                                    "seconds": suite_run.elapsed_s})
+
+
+def _simulated_draws(score: Score, folder, clean, labels, run: RunResult, options: ScoreOptions, cwd_mode: str,
+                     common, echo) -> list[str]:
+    """Draws 2..K of the corruption (one streamed analysis process, no time limit: the first draw was the
+    server emulation), then the score's figure, interval and breakdown over all K."""
+    preset, seed0 = score.scored_on.simulate_hidden, options.seed
+    k, why = choose_draws(options.draws, run.set_seconds.get("scored", run.stages.get("predict", 0.0)))
+    preds, warnings = [run.predictions], []
+    if k > 1:
+        echo(f"{why}: predicting draws {seed0 + 1}..{seed0 + k - 1} (one process)")
+        sets = ((f"draw{s}", _simulate(clean, preset, s, False, cache=False)) for s in range(seed0 + 1, seed0 + k))
+        more = run_sets(folder, sets, stream=True, time_limit_s=None, cwd_mode=cwd_mode, progress=options.progress,
+                        **common)
+        if more.ok:
+            preds += [more.set_predictions[f"draw{s}"] for s in range(seed0 + 1, seed0 + k)]
+        else:
+            warnings.append(f"the extra draws' run failed ({more.status}: {more.message}); figures from one draw")
+    seeds = list(range(seed0, seed0 + len(preds)))
+    score.draw_predictions = np.stack(preds)
+    correct = score.draw_predictions == labels[None, :]
+    score.draws = draw_spread(correct, seeds, score.timing.projection.hidden_size if score.timing.projection
+                              else None, why)
+    pooled = _metrics(np.tile(labels, len(preds)), score.draw_predictions.ravel(), common["profile"])
+    pooled.accuracy_ci95 = score.draws.ci95
+    pooled.bootstrap = {"resamples": scorer.N_BOOT, "seed": scorer.BOOT_SEED, "method": "percentile",
+                        "over": f"images, each its mean over {len(preds)} draws"}
+    score.metrics, score.value = pooled, getattr(pooled, score.metric)
+    if preset == "an2dl":
+        score.record = concat_records([an2dl_record(len(clean), s) for s in seeds])
+        score.breakdown = breakdown(np.tile(labels, len(preds)), score.draw_predictions.ravel(), score.record,
+                                    draws=len(preds))
+    return warnings
+
+
+def _rank_suite(rob: Robustness, baseline_path: str | None) -> None:
+    """The suite's sorted view, and its mCE against a baseline model's suite result when one is named."""
+    if rob.status != "ok":
+        return
+    rob.drop_points = dict(suite_ranking(rob))
+    if baseline_path:
+        rob.corruption_error, rob.mce = corruption_errors(rob, _baseline_suite(baseline_path))
+        rob.mce_baseline = str(baseline_path)
+
+
+def _baseline_suite(path) -> Robustness:
+    base = Score.load(path).robustness
+    if base is None or base.status != "ok" or not base.accuracy:
+        raise DataError(f"{path} holds no robustness suite result",
+                        "give a folder written by `subbench score --simulate-hidden=suite --out DIR`")
+    return base
 
 
 # ------------------------------------------------------------------------------------------------ outputs

@@ -16,6 +16,9 @@ import numpy as np
 
 from subbench.errors import SubbenchError
 from subbench.results import SCHEMA_VERSION, ResultMixin, TextEnum, from_plain, to_plain
+from subbench.corrupt.record import DrawRecord
+from subbench.local_bench.draws import DrawSpread
+from subbench.local_bench.breakdown import Breakdown, PairedComparison, paired_comparisons, paired_text
 from subbench.local_bench.runner import STATUSES
 
 
@@ -34,6 +37,9 @@ class _StatusBase(TextEnum):
 # a str, so `score.status == "ok"` reads naturally and JSON holds the plain name.
 Status = _StatusBase("Status", [(s, s) for s in STATUSES], module=__name__)
 STATUS_EXIT_CODES = {s.value: s.exit_code for s in Status}
+
+
+PER_IMAGE_FILE = "per_image.npz"
 
 
 class ResultNotFoundError(SubbenchError):
@@ -125,6 +131,12 @@ class Robustness:
     accuracy: dict[str, dict[str, float]] = field(default_factory=dict)
     n: int = 0
     seconds: float = 0.0
+    # Points lost against clean (mean over severities), costliest first (breakdown.suite_ranking).
+    drop_points: dict[str, float] = field(default_factory=dict)
+    # Against a baseline model's suite result (ImageNet-C's mCE: breakdown.MCE_DEFINITION), when one is given.
+    corruption_error: dict[str, float] = field(default_factory=dict)
+    mce: float | None = None
+    mce_baseline: str | None = None
 
 
 @dataclass
@@ -132,6 +144,20 @@ class CwdCheck:
     cwd_mode: str
     status: Status
     message: str = ""
+
+
+@dataclass
+class OpExplanation:
+    """Heat maps (Grad-CAM, or gradient saliency where the model has no conv layer) of misclassified images
+    that drew one op; the figure is drawn when scoring and kept in report.html, not in scores.json."""
+    op: str
+    indices: list[int]               # positions in the scored set
+    true: list[int]
+    predicted: list[int]
+    method: str = ""
+    layer: str | None = None
+    message: str = ""
+    png: str = field(default="", repr=False, metadata={"serialize": False})
 
 
 @dataclass
@@ -152,6 +178,9 @@ class Score(ResultMixin):
     clean: CleanResult | None = None
     robustness: Robustness | None = None
     cwd_check: CwdCheck | None = None
+    draws: DrawSpread | None = None       # the simulated hidden score over K corruption draws
+    breakdown: Breakdown | None = None   # the simulated hidden score by op (an2dl only), over every draw
+    explanations: list[OpExplanation] = field(default_factory=list)
     peak_memory_mb: float | None = None
     memory_limit_mb: float | None = None
     stderr_tail: str = ""
@@ -165,6 +194,11 @@ class Score(ResultMixin):
     labels: np.ndarray | None = field(default=None, repr=False, compare=False, metadata={"serialize": False})
     predictions: np.ndarray | None = field(default=None, repr=False, compare=False,
                                            metadata={"serialize": False})
+    clean_images: np.ndarray | None = field(default=None, repr=False, compare=False, metadata={"serialize": False})
+    # (K, N): every draw's predictions (draw 0 is `predictions`); the record's rows are draw 0's, then draw 1's...
+    draw_predictions: np.ndarray | None = field(default=None, repr=False, compare=False,
+                                                metadata={"serialize": False})
+    record: DrawRecord | None = field(default=None, repr=False, compare=False, metadata={"serialize": False})
 
     file_stem = "scores"
 
@@ -201,7 +235,8 @@ class Score(ResultMixin):
 
     @classmethod
     def load(cls, path) -> "Score":
-        """A score folder (written by `score --out DIR` or `Score.save`) or its scores.json."""
+        """A score folder (written by `score --out DIR` or `Score.save`) or its scores.json; one written by
+        `score --bundle` loads as the `BundleScore` it holds."""
         p = Path(path)
         f = p / "scores.json" if p.is_dir() else p
         if not f.is_file():
@@ -209,8 +244,14 @@ class Score(ResultMixin):
                                       "give folders written by `subbench score --out DIR`, or scores.json files")
         try:
             data = json.loads(f.read_text(encoding="utf-8"))
-            return cls.from_dict(data)
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            if isinstance(data, dict) and data.get("kind") == "bundle":  # written by `score --bundle`
+                from subbench.local_bench.bundle_result import BundleScore
+
+                return BundleScore.load(f)
+            score = cls.from_dict(data)
+            score._load_per_image(f.parent)
+            return score
+        except (ValueError, KeyError, TypeError, AttributeError, OSError) as exc:
             raise ResultNotFoundError(f"{f} is not a subbench scores.json ({exc!r})",
                                       "re-run `subbench score --out DIR --force`") from None
 
@@ -226,7 +267,26 @@ class Score(ResultMixin):
 
         buf = io.BytesIO()
         np.save(buf, np.asarray(self.predictions))
-        return {"predictions.npy": buf.getvalue()}
+        files = {"predictions.npy": buf.getvalue()}
+        if self.labels is not None:
+            # Per image: the label, the prediction and what the simulator drew (compare pairs two folders on it).
+            buf = io.BytesIO()
+            extra = {"draw_predictions": self.draw_predictions} if self.draw_predictions is not None else {}
+            np.savez_compressed(buf, labels=np.asarray(self.labels), predictions=np.asarray(self.predictions),
+                                **extra, **(self.record.arrays() if self.record is not None else {}))
+            files[PER_IMAGE_FILE] = buf.getvalue()
+        return files
+
+    def _load_per_image(self, folder: Path) -> None:
+        f = folder / PER_IMAGE_FILE
+        if not f.is_file():
+            return
+        with np.load(f, allow_pickle=False) as d:
+            self.labels, self.predictions = d["labels"], d["predictions"]
+            if "draw_predictions" in d:
+                self.draw_predictions = d["draw_predictions"]
+            if "record_ops" in d:
+                self.record = DrawRecord.from_arrays(d)
 
 
 _METRIC_KEYS = ("accuracy", "accuracy_ci95", "balanced_accuracy", "macro_f1", "n", "correct", "per_class",
@@ -282,6 +342,8 @@ class Leaderboard(ResultMixin):
 
     rows: list[LeaderboardRow]
     comparable: bool = True          # every finished run was scored on the same images, corrupted the same way
+    # The leader against the others op by op, where they share images and draws (breakdown.paired_comparisons).
+    paired: list[PairedComparison] = field(default_factory=list)
 
     file_stem = "leaderboard"
 
@@ -302,7 +364,9 @@ class Leaderboard(ResultMixin):
         for i, r in enumerate(rows, 1):
             r.rank = i
         kinds = {(r.data, r.part, r.n, r.simulate_hidden) for r in rows if Status(r.status).ok}
-        return cls(rows, comparable=len(kinds) <= 1)
+        by_name = dict(named)
+        ranked = [(r.name, by_name[r.name]) for r in rows if r.name in by_name]
+        return cls(rows, comparable=len(kinds) <= 1, paired=paired_comparisons(ranked))
 
     @property
     def warning(self) -> str | None:
@@ -337,7 +401,8 @@ class Leaderboard(ResultMixin):
             return "  ".join(c.rjust(w) if i in right else c.ljust(w)
                              for i, (c, w) in enumerate(zip(cells, widths)))
 
-        return "\n".join([line(rows[0]), line(["-" * w for w in widths])] + [line(r) for r in rows[1:]])
+        text = "\n".join([line(rows[0]), line(["-" * w for w in widths])] + [line(r) for r in rows[1:]])
+        return text + "".join("\n" + paired_text(p) for p in self.paired)
 
     def html(self) -> str:
         from subbench.local_bench.report import render_leaderboard

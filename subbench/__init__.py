@@ -12,10 +12,13 @@ The functions are documented in `subbench.api` (imported on first use: `import s
 
 __version__ = "0.1.0"
 
-_API = ("load_data", "package", "train", "check", "score", "compare", "augment_fn", "hidden_set_augmentation")
+_API = ("load_data", "package", "train", "check", "score", "compare", "explain", "augment_fn",
+        "hidden_set_augmentation", "preprocess_layer", "preprocessing",
+        "score_bundle", "bundle_inspect", "bundle_make", "compare_bundles")
 _TYPES = {"Score": "subbench.local_bench.results", "Leaderboard": "subbench.local_bench.results",
           "Status": "subbench.local_bench.results", "CheckReport": "subbench.local_bench.check",
-          "BuildResult": "subbench.builder.result", "SubbenchError": "subbench.errors"}
+          "BuildResult": "subbench.builder.result", "SubbenchError": "subbench.errors",
+          "Explanation": "subbench.local_bench.explain", "BundleScore": "subbench.local_bench.bundle_result"}
 
 __all__ = [*_API, "corrupt", "datasets", *_TYPES]
 

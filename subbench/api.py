@@ -94,6 +94,24 @@ def hidden_set_augmentation(preset: str = "an2dl", **params):
     return make(preset, **params)
 
 
+def preprocess_layer(step: str, input_shape=(96, 96, 3), **params):
+    """A cell preprocessing step of the team reports as a frozen Keras layer (a small keras.Model of built-in
+    layers, raw 0..255 in and out, float32; the server's Keras 3.4.1 loads it): "clahe" (tiles, clip_limit,
+    knots), "illumination" (window, mode) or "mask" (threshold, channel_weights, softness, open_size, close_size,
+    fill). Put it first in your model, before its own rescaling."""
+    from subbench.builder.cell_preprocessing import preprocess_layer as make
+
+    return make(step, input_shape, **params)
+
+
+def preprocessing(steps, input_shape=(96, 96, 3)):
+    """Several steps chained in the order given (["illumination", "clahe"], "clahe,mask", or items
+    {"name": "clahe", "clip_limit": 3.0}) as one frozen Keras layer; see `preprocess_layer`."""
+    from subbench.builder.cell_preprocessing import preprocessing as make
+
+    return make(steps, input_shape)
+
+
 # ------------------------------------------------------------------------------------------------ build
 def package(models, out, tta: str | list[str] = "none", ensemble_weights: list[float] | None = None,
             profile=None, *, batch_size: int = 64, force: bool = False, echo: Echo | None = print):
@@ -175,12 +193,58 @@ def score(zip_path, data=None, simulate_hidden: str | None = None, clean_too: bo
     data: a path, (images, labels), or None for the data and held-out split recorded in the zip by `train`.
     simulate_hidden: None, "an2dl" (the hidden set's corruption), "noise" or "suite" (robustness table).
     options: env, cwd, time_limit_s, memory_limit_mb, chunk, hidden_size, server_speed, split, use_all, seed,
-    cross_cwd, suite_size, progress, keep_run_dir (see `subbench score --help`). Returns a `Score`."""
+    cross_cwd, suite_size, progress, keep_run_dir, draws ("auto" or K corruption draws of each image),
+    explain (Grad-CAM of N misclassified images per costliest op), mce_baseline (a suite score folder) (see
+    `subbench score --help`). Returns a `Score`; `.breakdown` says which ops cost how much, `.draws` the draws."""
     from subbench.local_bench.evaluate import evaluate
 
     prof = _profile(profile)
     opts = _score_options(simulate_hidden, clean_too, options)
     return evaluate(os.fspath(zip_path), _dataset(data, prof), prof, opts, echo=echo or _silent)
+
+
+def explain(model_or_zip, images=None, labels=None, *, data=None, clean=None, simulate_hidden: str | None = None,
+            seed: int = 0, split=None, use_all: bool = False, n: int | None = None, misclassified_only: bool = False,
+            class_index=None, method: str = "auto", env: str = "local", time_limit: float | None = None,
+            profile=None, echo: Echo | None = None):
+    """Heat maps (Grad-CAM on the last convolutional feature map, gradient saliency where there is none) of what
+    a model looked at. `model_or_zip`: an in-memory keras.Model or a .keras file (explained here), or a zip (run
+    in a fresh process as scoring runs it; `env`, `time_limit`). `images` uint8 (N, H, W, 3) with `labels`; or
+    None with a zip: the held-out split recorded in it, of `data` (a path, (images, labels), or the recorded
+    data). simulate_hidden "an2dl"|"noise" corrupts the images first (the clean ones are drawn beside them).
+    n: at most this many images; misclassified_only: only the wrong ones. Returns an `Explanation`."""
+    from subbench.local_bench import explain as ex
+
+    prof = _profile(profile)
+    say = echo or _silent
+    is_path = isinstance(model_or_zip, (str, os.PathLike))
+    is_zip = is_path and Path(os.fspath(model_or_zip)).suffix.lower() == ".zip"
+    warnings: list[str] = []
+    if images is None:
+        if not is_zip:
+            raise ApiUsageError("no images to explain", "pass images (and labels), or a zip with data=...")
+        images, labels, warnings = ex.held_out_images(model_or_zip, _dataset(data, prof), prof, split=split,
+                                                      use_all=use_all, seed=seed, echo=say)
+    elif isinstance(images, (str, os.PathLike)):
+        images, labels = load_data(images, prof)
+    shown = ex.simulate(np.asarray(images), simulate_hidden, seed)
+    if simulate_hidden:
+        say(f"simulating the hidden set: preset {simulate_hidden}, seed {seed}, {len(shown)} images")
+        clean = np.asarray(images) if clean is None else clean
+    common = dict(clean=clean, n=n, misclassified_only=misclassified_only, class_index=class_index, method=method)
+    if is_zip:
+        result = ex.explain_zip(os.fspath(model_or_zip), shown, labels, env=env, time_limit_s=time_limit,
+                                profile=prof, echo=say, **common)
+    else:
+        model = model_or_zip
+        if is_path:
+            from subbench.builder.export import load_user_model
+
+            model = load_user_model(Path(os.fspath(model_or_zip)))
+        result = ex.explain_model(model, shown, labels, class_names=prof.class_names, **common)
+    result.simulate_hidden, result.seed = simulate_hidden, (seed if simulate_hidden else None)
+    result.warnings = warnings + result.warnings
+    return result
 
 
 def compare(results, data=None, profile=None, *, echo: Echo | None = None, **options):
@@ -239,25 +303,27 @@ def _bundle_python(python, env: str, profile) -> str:
 
 def score_bundle(zip_path, bundle, phase: str | int | None = None, task: int | None = None, *, python=None,
                  env: str = "local", profile=None, time_limit: float | None = None, out=None, force: bool = False,
-                 strict: bool = True, echo: Echo | None = None):
+                 strict: bool = False, echo: Echo | None = None, memory_limit_mb: float | None = None,
+                 no_network: bool = False):
     """Run a submission (zip or folder) through a Codabench competition bundle (zip or folder) the way the
     compute worker does: the prediction step (the bundle's ingestion program, the submission's `metadata`
     command, or a results-only copy), then the scoring step, each under the phase's time limit.
 
     phase: name or index (default: the first); task: index within the phase (default: its first);
     python: the interpreter the programs run in (default: env "local" = this one, "server" = the profile's);
-    out: a folder for bundle_score.json, report.html, logs and outputs; strict: unknown competition.yaml keys are
-    errors. Returns a `BundleScore` (`.status` Finished/Failed, `.failure`, `.columns`, `.value`)."""
+    out: a folder for scores.json, report.html, logs and outputs; strict: competition.yaml keys Codabench ignores
+    are errors (default: warnings, as the server runs such a bundle). Returns a `BundleScore` (`.status` Finished/Failed, `.failure`, `.columns`, `.value`)."""
     from subbench.local_bench.bundle_worker import score_with_bundle
 
     return score_with_bundle(zip_path, bundle, phase=phase, task=task, python=_bundle_python(python, env, profile),
-                             time_limit=time_limit, out=out, force=force, strict=strict, echo=echo or _silent)
+                             time_limit=time_limit, out=out, force=force, strict=strict, echo=echo or _silent,
+                             memory_limit_mb=memory_limit_mb, no_network=no_network)
 
 
-def bundle_inspect(bundle, *, python=None, env: str = "local", profile=None, strict: bool = True):
+def bundle_inspect(bundle, *, python=None, env: str = "local", profile=None, strict: bool = False):
     """What a bundle holds and what a local run of it lacks (`BundleInfo`: phases, tasks, programs, data,
     leaderboard columns, time limits, docker image; `.runnable`)."""
-    from subbench.local_bench.bundle_worker import inspect_bundle
+    from subbench.local_bench.bundle_inspect import inspect_bundle
 
     return inspect_bundle(os.fspath(bundle), _bundle_python(python, env, profile), strict=strict)
 

@@ -24,7 +24,9 @@ from .atomic import atomic_path
 
 # Version of the JSON files written by results (scores.json, check.json, leaderboard.json, build.json). 2 added
 # the version itself, typed statuses and dropped the display strings (title, subtitle) that version 1 held.
-SCHEMA_VERSION = 2
+# 3: bundle runs (`score --bundle`) write scores.json too (kind "bundle", the leaderboard key first), not
+# bundle_score.json; a schema-2 Score file reads unchanged.
+SCHEMA_VERSION = 3
 
 # The stylesheet of every result's HTML view, scoped under `.sbr` so that a view shown inline in a notebook
 # styles itself only.

@@ -68,7 +68,7 @@ def test_package_an_in_memory_model_then_check_score_compare(tmp_path, cells):
     assert hidden.clean.metrics.accuracy == pytest.approx(s.value)
     assert hidden.clean.gap == pytest.approx(s.value - hidden.value)
     saved = hidden.save(tmp_path / "hidden")
-    assert {p.name for p in saved.iterdir()} == {"scores.json", "report.html", "predictions.npy"}
+    assert {p.name for p in saved.iterdir()} == {"scores.json", "report.html", "predictions.npy", "per_image.npz"}
 
     board = subbench.compare({"clean": s, "hidden": tmp_path / "hidden"})
     assert {r.name for r in board.rows} == {"clean", "hidden"} and not board.comparable  # simulated vs not
@@ -155,7 +155,7 @@ def test_cli_score_json_is_the_api_score(tmp_path, cells):
     res = run_cli("score", str(built), "--data", str(tmp_path / "d.npz"), "--json", "--no-cross-cwd", "-q")
     assert res.returncode == 0, res.stderr
     doc = json.loads(res.stdout)
-    assert doc["schema"] == 2 and list(doc)[0] == "accuracy"
+    assert doc["schema"] == 3 and list(doc)[0] == "accuracy"
     api = subbench.score(built, data=tmp_path / "d.npz", cross_cwd=False)
     assert doc["accuracy"] == api.value and doc["metrics"]["confusion_matrix"] == api.metrics.confusion_matrix
     with zipfile.ZipFile(built) as zf:

@@ -178,7 +178,10 @@ open(os.path.join(out, "scores.txt"), "w").write("acc: %s\\n" % acc)
 """
 
 
-def legacy_bundle(tmp: Path) -> Path:
+LEGACY_IGNORED = "start_date: 2020-01-01\norganizer_notes: kept by Codalab, ignored by Codabench\n"
+
+
+def legacy_bundle(tmp: Path, extra: str = "") -> Path:
     folder = tmp / "legacy_src"
     parts = programs(ingestion_meta=LEGACY_INGEST_META, scoring=LEGACY_SCORE)
     folder.mkdir(parents=True)
@@ -186,7 +189,7 @@ def legacy_bundle(tmp: Path) -> Path:
         zip_tree(write_tree(tmp / f"legacy_{kind}", files), folder / f"{kind}.zip")
     zip_tree(write_tree(tmp / "legacy_final", {"truth.json": json.dumps([1, 1, 1, 1])}),
              folder / "reference_final.zip")
-    write_tree(folder, {"competition.yaml": LEGACY_YAML, "logo.png": b"\x89PNG", "overview.html": "o",
+    write_tree(folder, {"competition.yaml": LEGACY_YAML + extra, "logo.png": b"\x89PNG", "overview.html": "o",
                         "terms.html": "t"})
     return zip_tree(folder, tmp / "legacy.zip")
 
@@ -212,7 +215,7 @@ def test_v2_folders_ingestion_and_code_submission_like_the_worker(tmp_path):
     res, data = cli_json(str(sub), "--bundle", str(bundle), "-o", str(out))
     assert res.returncode == 0, res.stdout + res.stderr
     assert data["status"] == "Finished" and data["failure"] is None and data["kind"] == "bundle"
-    assert data["leaderboard_key"] == "accuracy" and data["value"] == 1.0
+    assert data["leaderboard_key"] == "accuracy" and data["accuracy"] == 1.0
     assert [(c["key"], c["value"], c["present"]) for c in data["columns"]] == [("accuracy", 1.0, True),
                                                                                 ("n", 4.0, True)]
     pred, scoring = data["steps"]
@@ -244,10 +247,10 @@ def test_v2_folders_ingestion_and_code_submission_like_the_worker(tmp_path):
 def test_v2_inner_zips_in_a_zipped_bundle_and_task_selection(tmp_path):
     bundle = v2_bundle(tmp_path, inner_zips=True, extra_tasks=1)
     sub = submission(tmp_path, {"model.py": HALF})
-    r = score(sub, bundle)
-    assert r.status == "Finished" and r.value == 0.5 and r.task == {"index": 0, "name": "Task A"}
-    assert any("has 2 tasks" in w and "--task" in w for w in r.warnings)
+    r = score(sub, bundle)     # both tasks, as child submissions
+    assert r.status == "Finished" and r.value == 0.5 and [c.task["index"] for c in r.children] == [0, 1]
     r1 = score(sub, bundle, task=1)
+    assert any("has 2 tasks" in w and "--task ran task 1 alone" in w for w in r1.warnings)
     assert r1.ok and r1.task["index"] == 1 and r1.value == 0.5
     with pytest.raises(BundleSelectionError, match="task 5 is not a task"):
         score(sub, bundle, task=5)
@@ -256,10 +259,15 @@ def test_v2_inner_zips_in_a_zipped_bundle_and_task_selection(tmp_path):
 
 
 def test_legacy_layout_phases_zips_scores_txt_and_missing_column(tmp_path):
-    bundle = legacy_bundle(tmp_path)
+    bundle = legacy_bundle(tmp_path, extra=LEGACY_IGNORED)
     sub = submission(tmp_path, {"model.py": MODEL})
     r = score(sub, bundle)
     assert r.status == "Finished", (r.message, r.warnings)
+    # keys the v1 unpacker ignores: the bundle runs without a flag, each key named in a warning
+    assert any("'organizer_notes', 'start_date'" in w and "(it ignores them)" in w for w in r.warnings
+               if w.startswith("competition.yaml has keys"))
+    with pytest.raises(BundleKeyError, match="'organizer_notes'"):
+        score(sub, bundle, strict=True)
     assert r.bundle["version"] == "1" and r.bundle["docker_image"] == "codalab/codalab-legacy:py3"
     assert r.phase == {"index": 0, "name": "Development"} and r.time_limit_s == 40
     assert r.scores_file == "scores.txt" and r.scores == {"acc": 1.0}
@@ -273,6 +281,8 @@ def test_legacy_layout_phases_zips_scores_txt_and_missing_column(tmp_path):
     assert final.phase["name"] == "Final" and final.value == 0.5 and final.time_limit_s == 600
     info = api.bundle_inspect(bundle)
     assert info.runnable and [p.effective_time_limit for p in info.phases] == [40, 600]
+    text = "\n".join(info.lines())
+    assert "needs (task 1): a code submission" in text and "scored on" in text and "reference_final.zip" in text
     assert info.docker_image == "codalab/codalab-legacy:py3"
 
 
@@ -291,7 +301,8 @@ def test_task_without_ingestion_runs_the_submissions_metadata_command(tmp_path):
     legacy = submission(tmp_path, {"metadata": "command: python3 $program/predict.py $input $output\n",
                                    "predict.py": predict}, "legacy_sub.zip")
     r2 = score(legacy, bundle)
-    assert not r2.ok and r2.failure == "Scores_Not_Found"
+    # the scoring program then crashes on the missing predictions: the current worker fails on its exit code
+    assert not r2.ok and r2.failure == "Scoring_Program_Failed" and r2.failed_step == "scoring"
     assert "/app/input, which the worker does not mount" in r2.program("prediction", "submission").note
     assert r2.program("prediction", "submission").exit_code == 1
 
@@ -324,8 +335,8 @@ def test_scoring_program_that_crashes_or_writes_no_scores(tmp_path):
     sub = submission(tmp_path, {"model.py": MODEL})
     crash = v2_bundle(tmp_path, "crash", scoring="import not_a_module_subbench_xyz\n")
     r = score(sub, crash)
-    assert r.status == "Failed" and r.failure == "Scores_Not_Found" and r.failed_step == "scoring"
-    assert r.message == "Could not find scores file, did the scoring program output it?"
+    assert r.status == "Failed" and r.failure == "Scoring_Program_Failed" and r.failed_step == "scoring"
+    assert r.message == "Child task failed or non-zero return code"
     prog = r.program("scoring", "scoring program")
     assert prog.exit_code == 1 and "ModuleNotFoundError" in prog.stderr_tail
     assert prog.missing_module == "not_a_module_subbench_xyz"
@@ -495,11 +506,15 @@ def test_replace_legacy_metadata_command_matches_the_worker():
 def test_named_errors_for_missing_and_unknown_keys_and_files(tmp_path):
     sub = submission(tmp_path, {"model.py": MODEL})
     typo = v2_bundle(tmp_path, "typo", phase_extra={"execution_time_limt": 5})
-    res = run_cli("score", str(sub), "--bundle", str(typo))
+    # the server ignores a key it does not know: a warning naming it; --strict makes it an error
+    ok = run_cli("score", str(sub), "--bundle", str(typo))
+    assert ok.returncode == 0 and "warning: phases[0] has key 'execution_time_limt'" in ok.stderr, ok.stderr
+    res = run_cli("score", str(sub), "--bundle", str(typo), "--strict")
     assert res.returncode == 2 and "error: BundleKeyError" in res.stderr and "'execution_time_limt'" in res.stderr
-    assert "hint:" in res.stderr and "Traceback" not in res.stderr
-    ok = run_cli("score", str(sub), "--bundle", str(typo), "--ignore-unknown-keys")
-    assert ok.returncode == 0 and "execution_time_limt" in ok.stderr
+    assert "hint:" in res.stderr and "without --strict" in res.stderr and "Traceback" not in res.stderr
+    assert run_cli("bundle", "inspect", str(typo), "--strict").returncode == 2
+    old = run_cli("score", str(sub), "--bundle", str(typo), "--ignore-unknown-keys")   # the deprecated spelling
+    assert old.returncode == 0 and "execution_time_limt" in old.stderr
     res = run_cli("score", str(sub), "--bundle", str(typo), "--data", "x.npz")
     assert res.returncode == 2 and "error: BundleOptionError: --data does not apply with --bundle" in res.stderr
     folder = v2_bundle(tmp_path, "broken", as_zip=False)
@@ -614,10 +629,10 @@ def test_env_create_requirements_makes_a_cached_interpreter_for_old_bundles(tmp_
     bundle = v2_bundle(tmp_path, scoring=scoring)
     sub = submission(tmp_path, {"model.py": MODEL})
     without = score(sub, bundle)
-    assert without.failure == "Scores_Not_Found"
+    assert without.failure == "Scoring_Program_Failed"
     assert any("imports subbench_tinypkg, not installed in" in w for w in without.warnings)
     res, data = cli_json(str(sub), "--bundle", str(bundle), "--python", python)
-    assert res.returncode == 0 and data["value"] == 0.42 and data["python"] == python
+    assert res.returncode == 0 and data["accuracy"] == 0.42 and data["python"] == python
 
 
 # ------------------------------------------------------------------------------------------------ bundle make
@@ -636,7 +651,7 @@ def test_bundle_make_round_trip_gives_the_same_accuracy_as_subbench_score(tmp_pa
     res, via = cli_json(str(sub), "--bundle", str(bundle), "-o", str(tmp_path / "out"), env=env)
     assert res.returncode == 0, res.stderr
     assert direct["status"] == "ok" and via["status"] == "Finished"
-    assert via["value"] == direct["accuracy"] == pytest.approx(0.875)
+    assert via["accuracy"] == direct["accuracy"] == pytest.approx(0.875)
     assert via["scores"]["balanced_accuracy"] == pytest.approx(direct["metrics"]["balanced_accuracy"])
     assert via["scores"]["macro_f1"] == pytest.approx(direct["metrics"]["macro_f1"])
     assert "<h1>accuracy 0.8750</h1>" in (tmp_path / "out" / "detailed_results.html").read_text()
@@ -644,7 +659,7 @@ def test_bundle_make_round_trip_gives_the_same_accuracy_as_subbench_score(tmp_pa
     probs = write_zip(tmp_path / "probs.zip", {"model.py": PERFECT.replace(
         "return X[:, 0, 0, 0].astype(np.int64) % 8", "return np.eye(8)[X[:, 0, 0, 0].astype(np.int64) % 8]")})
     r = api.score_bundle(probs, bundle)
-    assert r.failure == "Scores_Not_Found"
+    assert r.failure in ("Scores_Not_Found", "Scoring_Program_Failed")
     assert "Output_Shape_Error: predict returned one-hot" in r.program("scoring", "scoring program").stderr_tail
 
 
@@ -658,10 +673,221 @@ def test_bundle_make_simulated_hidden_set_matches_score_simulate_hidden(tmp_path
                   env=env)
     assert res.returncode == 0, res.stderr
     direct = json.loads(run_cli("score", str(sub), "--data", str(data), "--simulate-hidden", "--seed", "3",
-                                "--no-cross-cwd", "--json", env=env).stdout)
+                                "--draws", "1", "--no-cross-cwd", "--json", env=env).stdout)
     _, via = cli_json(str(sub), "--bundle", str(bundle), env=env)
-    assert via["value"] == direct["accuracy"]
+    assert via["accuracy"] == direct["accuracy"]
 
 
 def test_failure_exit_codes_are_fixed():
-    assert [failure_exit_code(f) for f in FAILURES] == list(range(20, 26)) and failure_exit_code(None) == 0
+    assert [failure_exit_code(f) for f in FAILURES] == list(range(20, 28)) and failure_exit_code(None) == 0
+
+
+EXIT3 = SCORE.replace('open(os.path.join(out, "detailed_results.html"), "w")',
+                      'sys.exit(3)\nopen(os.path.join(out, "detailed_results.html"), "w")')
+
+
+def test_scoring_program_exiting_non_zero_fails_even_with_scores_like_the_current_worker(tmp_path):
+    sub = submission(tmp_path, {"model.py": MODEL})
+    res, data = cli_json(str(sub), "--bundle", str(v2_bundle(tmp_path, scoring=EXIT3)))
+    assert res.returncode == failure_exit_code("Scoring_Program_Failed") == 26, res.stderr
+    assert data["status"] == "Failed" and data["failed_step"] == "scoring"
+    assert data["message"] == "Child task failed or non-zero return code"
+    assert data["scores"] is None and data["accuracy"] is None            # push_scores never ran
+    assert data["steps"][-1]["programs"][0]["exit_code"] == 3 and data["steps"][-1]["metadata"] is None
+    assert any("wrote scores.json but exited with code 3" in w for w in data["warnings"])
+    assert "Traceback" not in res.stderr
+    # a non-zero exit in the prediction step does not stop the submission: the scoring step decides
+    ingest = INGEST + "\nsys.exit(4)\n"
+    r = score(sub, v2_bundle(tmp_path, "ing4", ingestion=ingest))
+    assert r.ok and r.value == 1.0
+    assert any("exited with code 4 in the prediction step" in w for w in r.warnings)
+
+
+def test_a_bundle_run_writes_scores_json_read_by_score_load_and_compare_and_old_files_still_read(tmp_path):
+    from subbench.local_bench.results import Score
+    from subbench.results import SCHEMA_VERSION
+
+    bundle = v2_bundle(tmp_path)
+    out = tmp_path / "out"
+    res = run_cli("score", str(submission(tmp_path, {"model.py": MODEL})), "--bundle", str(bundle), "-o", str(out))
+    assert res.returncode == 0 and f"wrote {out / 'scores.json'}" in res.stdout, res.stderr
+    assert not (out / "bundle_score.json").exists()
+    doc = json.loads((out / "scores.json").read_text())
+    assert list(doc)[:2] == ["accuracy", "schema"] and doc["leaderboard_key"] == "accuracy" and doc["accuracy"] == 1.0
+    assert doc["schema"] == SCHEMA_VERSION and doc["kind"] == "bundle" and "value" not in doc
+    loaded = Score.load(out)
+    assert isinstance(loaded, BundleScore) and loaded.value == 1.0 and loaded.ok
+    # a folder of an older subbench: bundle_score.json with its value field
+    old = tmp_path / "old"
+    old.mkdir()
+    legacy = {**doc, "schema": 2, "value": 0.5, "accuracy": None}
+    (old / "bundle_score.json").write_text(json.dumps(legacy))
+    assert BundleScore.load(old).value == 0.5 and Score.load(old / "bundle_score.json").value == 0.5
+    res = run_cli("compare", str(out), str(old))
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.splitlines()[2].split()[:4] == ["1", "out", "Finished", "1.000"]
+
+
+FAILING_SCORE = "import sys\nsys.stderr.write('cannot score this task\\n')\nsys.exit(2)\n"
+
+
+def test_multi_task_phase_runs_every_task_as_a_child_and_a_failed_task_hides_no_other(tmp_path):
+    folder = v2_bundle(tmp_path, as_zip=False, extra_tasks=2, limit=20, columns=[
+        {"index": 0, "title": "Accuracy", "key": "accuracy", "precision": 3},
+        {"index": 1, "title": "Images", "key": "n", "precision": 0},
+        {"index": 2, "title": "Mean", "key": "mean", "computation": "avg", "computation_indexes": [0, 1]},
+        {"index": 3, "title": "Sum", "key": "total", "computation": "sum", "computation_indexes": [0, 1]},
+        {"index": 4, "title": "Min", "key": "low", "computation": "min", "computation_indexes": [0, 1]},
+        {"index": 5, "title": "Max", "key": "high", "computation": "max", "computation_indexes": [0, 1]}])
+    write_tree(folder / "scoring_bad", {"score.py": FAILING_SCORE, "metadata.yaml": SCORE_META})
+    spec = yaml.safe_load((folder / "competition.yaml").read_text())
+    spec["tasks"][1]["scoring_program"] = "scoring_bad"
+    (folder / "competition.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    sub = submission(tmp_path, {"model.py": MODEL})
+    out = tmp_path / "out"
+    res, data = cli_json(str(sub), "--bundle", str(folder), "-o", str(out))
+    assert res.returncode == failure_exit_code("Scoring_Program_Failed"), res.stderr    # the first failed child
+    assert "Traceback" not in res.stderr
+    assert data["status"] == "Finished" and data["accuracy"] == 1.0     # the parent, as the server shows it
+    kids = data["children"]
+    assert [(k["task"]["index"], k["status"], k["failure"]) for k in kids] == [
+        (0, "Finished", None), (1, "Failed", "Scoring_Program_Failed"), (2, "Finished", None)]
+    rows = {(c["task"], c["key"]): c["value"] for c in data["columns"]}
+    assert rows[(0, "accuracy")] == rows[(2, "accuracy")] == 1.0 and rows[(1, "accuracy")] is None
+    assert rows[(0, "mean")] == rows[(2, "mean")] == 2.5                 # avg over computation_indexes 0, 1
+    assert (rows[(0, "total")], rows[(0, "low")], rows[(0, "high")]) == (5.0, 1.0, 4.0)
+    assert rows[(1, "mean")] is None                                      # a failed task: nothing to compute
+    assert any("1 of 3 child submissions failed: task 1" in w for w in data["warnings"])
+    # each child its own run folder and logs, kept under the parent's folder
+    assert "cannot score this task" in (out / "task-1" / "scoring" / "logs" / "scoring_stderr.txt").read_text()
+    assert (out / "task-2" / "prediction" / "output" / "predictions.json").exists()
+    assert kids[2]["steps"][1]["programs"][0]["stderr"].startswith("task-2/scoring/logs/")
+    loaded = BundleScore.load(out)
+    assert [c.ok for c in loaded.children] == [True, False, True]
+    assert 'class="child"' in (out / "report.html").read_text()
+    assert "task 1 (Task 1): Failed (Scoring_Program_Failed" in res.stderr
+
+
+# ------------------------------------------------------------------------------------------------ corpus
+BOMB = "version: 2\na: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"{n}: &{n} [{', '.join(['*' + p] * 9)}]\n" for p, n in zip("abcdefgh", "bcdefghi")) + "title: *i\n"
+
+
+def _spec(folder: Path, change) -> None:
+    spec = yaml.safe_load((folder / "competition.yaml").read_text())
+    change(spec)
+    (folder / "competition.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+
+
+@pytest.mark.parametrize("case, error, words", [
+    ("missing", "BundleFileError", "competition.yaml is missing from zip"),
+    ("empty", "BundleKeyError", "competition.yaml is not a mapping of keys"),
+    ("a list", "BundleKeyError", "competition.yaml is not a mapping of keys"),
+    ("phase without tasks", "BundleKeyError", "Phases must contain at least one task to be valid"),
+    ("missing program", "BundleFileError", 'Cannot find dataset: \\"nowhere\\"'),
+    ("alias bomb", "BundleKeyError", "an alias bomb"),
+])
+def test_broken_competition_yaml_is_a_named_error_and_writes_nothing(tmp_path, case, error, words):
+    folder = v2_bundle(tmp_path, as_zip=False)
+    yml = folder / "competition.yaml"
+    {"missing": lambda: yml.unlink(), "empty": lambda: yml.write_text(""),
+     "a list": lambda: yml.write_text("- version: 2\n- tasks: []\n"),
+     "phase without tasks": lambda: _spec(folder, lambda s: s["phases"][0].update(tasks=[])),
+     "missing program": lambda: _spec(folder, lambda s: s["tasks"][0].update(scoring_program="nowhere")),
+     "alias bomb": lambda: yml.write_text(BOMB)}[case]()
+    out = tmp_path / "out"
+    t0 = time.time()
+    res = run_cli("score", str(submission(tmp_path, {"model.py": MODEL})), "--bundle", str(folder), "-o", str(out))
+    assert res.returncode == 2 and f"error: {error}" in res.stderr and "hint:" in res.stderr, res.stderr
+    assert words.replace("\\", "") in res.stderr and "Traceback" not in res.stderr
+    assert not out.exists() and time.time() - t0 < 30
+
+
+@pytest.mark.parametrize("scores, finished, accuracy", [
+    ("'{\"accuracy\": NaN, \"n\": 4}'", True, None),
+    ("json.dumps({'accuracy': 0.5, 'n': 4, 'junk': 'x' * (40 << 20)})", True, 0.5),
+])
+def test_odd_scores_files_get_the_servers_outcome(tmp_path, scores, finished, accuracy):
+    scoring = f"import json, os, sys\nopen(os.path.join(sys.argv[2], 'scores.json'), 'w').write({scores})\n"
+    res, data = cli_json(str(submission(tmp_path, {"model.py": MODEL})), "--bundle",
+                         str(v2_bundle(tmp_path, scoring=scoring)), "-o", str(tmp_path / "out"))
+    assert (data["status"] == "Finished") is finished and data["accuracy"] == accuracy, res.stderr
+    assert "Traceback" not in res.stderr
+    if accuracy is None:
+        assert any("score 'accuracy' is nan" in w and "column stays empty" in w for w in data["warnings"])
+        assert not any("missing from the scores" in w for w in data["warnings"])
+    else:
+        assert any("'junk' match no leaderboard column" in w for w in data["warnings"])
+
+
+HOG = """
+import subprocess, sys, time
+# the memory is in a child process: the limit covers the whole tree
+subprocess.run([sys.executable, "-c", "b = bytearray(400 << 20); import time; time.sleep(30)", sys.argv[1]])
+"""
+
+
+def test_memory_limit_applies_to_the_programs_whole_tree_named_out_of_memory(tmp_path):
+    marker = f"subbench-bundle-hog-{uuid.uuid4().hex}"
+    bundle = v2_bundle(tmp_path, limit=60, ingestion=HOG,
+                       ingestion_meta=f"command: python3 /app/program/ingestion.py {marker}\n")
+    sub = submission(tmp_path, {"model.py": MODEL})
+    t0 = time.time()
+    res, data = cli_json(str(sub), "--bundle", str(bundle), "--memory-limit", "150", timeout=120)
+    assert res.returncode == failure_exit_code("Out_Of_Memory") == 27, res.stderr
+    assert data["failure"] == "Out_Of_Memory" and data["failed_step"] == "prediction"
+    assert "passed the memory limit of 150 MB" in data["message"] and "the worker itself sets none" in data["message"]
+    assert data["steps"][0]["programs"][-1]["out_of_memory"] and time.time() - t0 < 30
+    assert _alive_with(marker) == [] and "Traceback" not in res.stderr
+    # without the option, like the worker: no limit
+    ok = score(sub, v2_bundle(tmp_path, "nolimit"))
+    assert ok.ok
+
+
+def test_phase_all_runs_every_phase_in_order_with_its_own_limits_and_data(tmp_path):
+    bundle = legacy_bundle(tmp_path)
+    sub = submission(tmp_path, {"model.py": MODEL})
+    out = tmp_path / "out"
+    res, data = cli_json(str(sub), "--bundle", str(bundle), "--phase", "all", "-o", str(out))
+    assert res.returncode == 0, res.stderr
+    rows = data["children"]
+    assert [(r["phase"]["name"], r["time_limit_s"], r["value"]) for r in rows] == [("Development", 40, 1.0),
+                                                                                  ("Final", 600, 0.5)]
+    assert {(c["phase"], c["key"]): c["value"] for c in data["columns"]}[(1, "acc")] == 0.5
+    assert (out / "phase-1" / "scoring" / "output" / "scores.txt").exists()
+    assert "phase 1 (Final): Finished" in res.stderr
+    assert [r.phase["index"] for r in BundleScore.load(out).children] == [0, 1]
+    with pytest.raises(BundleSelectionError, match="--task cannot be given with --phase all"):
+        score(sub, bundle, phase="all", task=0)
+
+
+DOWNLOADER = INGEST.replace("from model import predict", """from model import predict
+import urllib.request
+urllib.request.urlopen("http://example.com/weights.h5", timeout=5)   # a download at Model(), as submissions do""")
+
+
+def test_no_network_cuts_the_programs_off_and_names_the_download(tmp_path):
+    from subbench.local_bench.bundle_worker import network_isolation
+
+    sub = submission(tmp_path, {"model.py": MODEL})
+    bundle = v2_bundle(tmp_path, ingestion=DOWNLOADER)
+    if not network_isolation()[0]:
+        res = run_cli("score", str(sub), "--bundle", str(bundle), "--no-network")
+        assert res.returncode == 2 and "--no-network cannot be applied" in res.stderr
+        return
+    res, data = cli_json(str(sub), "--bundle", str(bundle), "--no-network", timeout=120)
+    assert data["status"] == "Failed" and "Traceback" not in res.stderr.split("last lines")[0]
+    assert any("tried to reach the network" in w and "--no-network cut it off" in w for w in data["warnings"])
+    # the programs that need no network run as before
+    assert score(sub, v2_bundle(tmp_path, "plain"), no_network=True).ok
+    res = run_cli("score", str(sub), "--no-network")
+    assert res.returncode == 2 and "only with --bundle" in res.stderr
+
+
+def test_python_api_returns_the_typed_result_that_renders_inline(tmp_path):
+    import subbench
+
+    r = subbench.score_bundle(submission(tmp_path, {"model.py": MODEL}), v2_bundle(tmp_path))
+    assert isinstance(r, subbench.BundleScore) and r.ok and r.value == 1.0
+    page = r._repr_html_()
+    assert 'class="sbr"' in page and 'id="score">1.000<' in page and 'id="status">Finished<' in page

@@ -119,8 +119,8 @@ def test_quickstart_runs_every_cell(quickstart):
     # The clean vs hidden-like figure was drawn.
     assert len(quickstart.data("preview", "image/png")) == 1
     # Both zips written in the working directory, none in the repository.
-    assert sorted(p.name for p in (quickstart.workdir / "quickstart_out").iterdir()) == ["hidden_aware.zip",
-                                                                                       "plain.zip"]
+    assert sorted(p.name for p in (quickstart.workdir / "quickstart_out").iterdir()) == [
+        "an2dl-local.zip", "hidden_aware.zip", "plain.zip"]
     assert not (REPO / "quickstart_out").exists() and not (REPO / "examples" / "quickstart_out").exists()
     assert "removed the training-only HiddenSetAugmentation layer" in quickstart.text("package")
     # The check passed, shown as its report.
@@ -134,6 +134,16 @@ def test_quickstart_runs_every_cell(quickstart):
     assert f'id="score">{scores["hidden-aware"][0]}<' in report_html
     (board_html,) = quickstart.data("compare", "text/html")
     assert 'id="leaderboard"' in board_html and "plain" in board_html and "hidden-aware" in board_html
+    # Why it falls: the top ops of each model, and Grad-CAM heat maps inline.
+    why = quickstart.text("breakdown")
+    assert why.count("costs") == 6 and "corruption draws" in why, why
+    (explain_html,) = quickstart.data("explain", "text/html")
+    assert "data:image/png;base64," in explain_html and "gradcam" in explain_html.lower()
+    # The bundle run: the worker's status, the bundle's leaderboard key, its report inline.
+    bundle_line = re.search(r"bundle run: (\S+) accuracy (\d\.\d{4})", quickstart.text("bundle"))
+    assert bundle_line and bundle_line[1] == "Finished", quickstart.text("bundle")
+    (bundle_html,) = quickstart.data("bundle", "text/html")
+    assert 'id="status">Finished<' in bundle_html and 'id="score">' + bundle_line[2][:4] in bundle_html
 
 
 @pytest.mark.parametrize("source", ["/content/subbench", None])

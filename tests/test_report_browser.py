@@ -129,3 +129,23 @@ def test_report_with_clean_gap_and_robustness_sections(tmp_path):
     assert console == [] and seen["errors"] == [] and seen["broken"] == 0
     assert seen["images"] == 5 and seen["score"] == f"{scores['accuracy']:.4f}"
     assert "relative corruption error" in page.read_text()
+
+
+def test_report_shows_the_breakdown_and_heat_maps_in_chromium(tmp_path):
+    """A --simulate-hidden --explain report: the table of ops, the bar chart and one Grad-CAM grid per top op
+    render and decode in the browser."""
+    import subbench
+    from conftest import tiny_model
+
+    images, labels = fixture_images(40)
+    zip_path = subbench.package(tiny_model(), tmp_path / "tiny.zip")
+    opts = ScoreOptions(cross_cwd=False, simulate_hidden="an2dl", draws=2, explain=2)
+    ev = evaluate(zip_path, npz(tmp_path, images, labels), PROFILE, opts, echo=lambda _: None)
+    assert ev.ok and len(ev.explanations) == 3
+    out = write_outputs(ev, tmp_path / "out")
+    seen, console = open_in_chromium(out / "report.html", tmp_path)
+    assert console == [] and seen["errors"] == [] and seen["broken"] == 0
+    # confusion matrix, per-class bars, misclassified grid, the ops' bar chart, three heat-map grids
+    assert seen["images"] == 7
+    page = (out / "report.html").read_text()
+    assert 'id="breakdown"' in page and all(e.op in page for e in ev.explanations)

@@ -102,7 +102,7 @@ def test_good_zip_scores_the_expected_accuracy(tmp_path):
 
     s = ev.to_dict()
     assert list(s)[:2] == ["accuracy", "schema"]  # the leaderboard key first, like a Codabench scores.json
-    assert s["schema"] == 2 and s["status"] == "ok" and s["metrics"]["per_class"]["lymphocyte"]["support"] == 8
+    assert s["schema"] == 3 and s["status"] == "ok" and s["metrics"]["per_class"]["lymphocyte"]["support"] == 8
     assert "title" not in s and "subtitle" not in s  # no display strings in the data
     out = write_outputs(ev, tmp_path / "out")
     written = json.loads((out / "scores.json").read_text())
@@ -219,13 +219,18 @@ def test_bad_options_are_named_errors(tmp_path):
 def test_simulated_hidden_set_with_clean_too(tmp_path):
     images, labels = fixture_images(24)
     zip_path = write_zip(tmp_path / "sub.zip", {"model.py": PERFECT})
-    opts = ScoreOptions(cross_cwd=False, simulate_hidden="an2dl", clean_too=True, seed=3)
+    opts = ScoreOptions(cross_cwd=False, simulate_hidden="an2dl", clean_too=True, seed=3, draws=3)
     ev = evaluate(zip_path, npz(tmp_path, images, labels), PROFILE, opts, echo=lambda _: None)
     assert ev.status == "ok"
     np.testing.assert_array_equal(ev.images, apply_preset(images, preset="an2dl", seed=3, cache=True))
-    # The perfect model reads pixel (0,0,0): the corrupted copy changes it, the clean one does not.
-    expected = float(((ev.images[:, 0, 0, 0].astype(np.int64) % 8) == labels).mean())
+    # The perfect model reads pixel (0,0,0): the corrupted copy changes it, the clean one does not. The figure is
+    # the mean over the draws of seeds 3, 4, 5.
+    per_draw = [float(((apply_preset(images, preset="an2dl", seed=s, cache=False)[:, 0, 0, 0].astype(np.int64) % 8)
+                       == labels).mean()) for s in (3, 4, 5)]
+    assert ev.draws.seeds == [3, 4, 5] and ev.draws.per_draw == pytest.approx(per_draw)
+    expected = float(np.mean(per_draw))
     assert ev.value == pytest.approx(expected) and expected < 0.9
+    assert ev.metrics.accuracy_ci95 == ev.draws.ci95
     assert ev.clean.status is Status.ok and ev.clean.metrics.accuracy == 1.0
     assert ev.clean.gap == pytest.approx(1.0 - expected)
     assert 'id="gap"' in ev._repr_html_()

@@ -42,7 +42,7 @@ def main():
 
 def _register():
     # Imported here so each command module can import `main`/`profile_option` from this package.
-    from . import build, bundle, check, corrupt, data, demo, env, score  # noqa: F401
+    from . import build, bundle, check, corrupt, data, demo, env, explain, score  # noqa: F401
 
 
 _register()

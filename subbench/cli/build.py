@@ -4,6 +4,7 @@ from pathlib import Path
 
 import click
 
+from subbench.builder.cell_preprocessing import NO_PREPROCESS, PREPROCESSORS, CellPreprocessing
 from subbench.builder.heads import HEADS
 from subbench.builder.input_branches import INPUT_BRANCHES, NO_BRANCHES, InputBranches
 from subbench.builder.losses import LOSSES
@@ -33,6 +34,10 @@ def _input_branches(ctx, param, text):
     return None if text is None else InputBranches.from_names(text)   # InputBranchError names a wrong one
 
 
+def _preprocess(ctx, param, text):
+    return None if text is None else CellPreprocessing.from_spec(text)   # PreprocessError names a wrong one
+
+
 # Training options: each maps onto the recipe field of the same name (None = keep the recipe's value). The
 # choices are the registries of the modules that implement them.
 TRAINING_OPTIONS = [
@@ -46,6 +51,10 @@ TRAINING_OPTIONS = [
                  callback=_input_branches,
                  help="custom_cnn: input branches, more channels computed inside the model; "
                       + "; ".join(f"{b.name}: {b.help}" for b in INPUT_BRANCHES.values()) + "."),
+    click.option("--preprocess", default=None, metavar=",".join(PREPROCESSORS) + "|" + NO_PREPROCESS,
+                 callback=_preprocess,
+                 help="Cell preprocessing inside the model, on the raw image, in the order given; "
+                      + "; ".join(f"{p.name}: {p.help}" for p in PREPROCESSORS.values()) + "."),
     click.option("--head", type=click.Choice(list(HEADS)), default=None, help="Classification head."),
     click.option("--loss", type=click.Choice(list(LOSSES)), default=None),
     click.option("--label-smoothing", type=float, default=None),

@@ -19,6 +19,11 @@ def _err(line: str) -> None:
     click.echo(line, err=True)
 
 
+def _all_steps(r) -> list:
+    """The steps of a result and of its child submissions (a multi-task phase, --phase all), in order."""
+    return [s for child in r.children for s in _all_steps(child)] + list(r.steps)
+
+
 def print_bundle_score(r, err: bool = False) -> None:
     """What `subbench score --bundle` prints about a `BundleScore`."""
     say = _err if err else click.echo
@@ -26,10 +31,17 @@ def print_bundle_score(r, err: bool = False) -> None:
                 fg="green" if r.ok else "red", bold=True, err=err)
     if not r.ok:
         say(f"  {r.message}")
+    for child in r.children:
+        label = (f"phase {child.phase.get('index')} ({child.phase.get('name')})" if r.phase.get("name") == "all"
+                 else f"task {child.task.get('index')} ({child.task.get('name')})")
+        say(f"{label}: {child.status}"
+            + (f" ({child.failure}, {child.failed_step} step: {child.message})" if child.failure else ""))
     for c in r.columns:
         value = f"{c.value:.{max(c.precision, 0)}f}" if c.value is not None else "missing"
-        say(f"{c.title} [{c.key}]: {value}" + (f" ({c.computed})" if c.computed else ""))
-    for s in r.steps:
+        where = (f"phase {c.phase} " if c.phase is not None else "") + (f"task {c.task} " if c.task is not None else "")
+        say((where if r.children else "") + f"{c.title} [{c.key}]: {value}"
+            + (f" ({c.computed})" if c.computed else ""))
+    for s in _all_steps(r):
         progs = "; ".join(
             f"{p.role} {p.action}" + (f" exit {p.exit_code}" if p.exit_code is not None else "")
             + (f" {p.elapsed_s:.2f} s" if p.elapsed_s is not None else "") + (" KILLED" if p.killed else "")
@@ -37,7 +49,7 @@ def print_bundle_score(r, err: bool = False) -> None:
         say(f"{s.step}: {s.elapsed_s:.2f} s of {s.time_limit_s:g} s ({progs})")
     for w in r.warnings:
         click.secho(f"warning: {w}", fg="yellow", err=True)
-    for s in r.steps:
+    for s in _all_steps(r):
         for p in s.programs:
             if p.stderr_tail and (p.killed or p.exit_code not in (0, None) or not r.ok):
                 _err(f"last lines of the {p.role}'s stderr ({s.step} step):")
@@ -55,16 +67,18 @@ def bundle():
               help="The interpreter the programs would run in (default: this one); its missing modules are listed.")
 @click.option("--env", type=click.Choice(["local", "server"]), default="local", show_default=True,
               help="server: the profile's environment (subbench env create).")
-@click.option("--ignore-unknown-keys", is_flag=True, help="Keys Codabench does not know are warnings, not errors.")
+@click.option("--strict", is_flag=True, help="competition.yaml keys Codabench does not know (and ignores) are "
+              "errors, not warnings: for organizers checking their own bundle.")
+@click.option("--ignore-unknown-keys", is_flag=True, hidden=True, help="Deprecated: the default now.")
 @click.option("--json", "as_json", is_flag=True, help="Print the inspection as JSON.")
 @profile_option
-def bundle_inspect(bundle_path, python, env, ignore_unknown_keys, as_json, profile):
+def bundle_inspect(bundle_path, python, env, strict, ignore_unknown_keys, as_json, profile):
     """Phases, tasks, programs, data, leaderboard columns, time limits, docker image, and what a local run lacks.
 
     Exit code: 0 runnable here, 1 something is missing for a local run, 2 the bundle cannot be read."""
     from ..api import bundle_inspect as inspect
 
-    info = inspect(bundle_path, python=python, env=env, profile=profile, strict=not ignore_unknown_keys)
+    info = inspect(bundle_path, python=python, env=env, profile=profile, strict=strict and not ignore_unknown_keys)
     if as_json:
         click.echo(info.to_json(), nl=False)
     else:
@@ -101,7 +115,7 @@ def bundle_make(data, split, use_all, simulate_hidden, seed, docker_image, title
 
 # `subbench score` options that mean nothing for a bundle (its own data, programs and limits decide).
 _NOT_WITH_BUNDLE = {"data": "--data", "split": "--split", "use_all": "--all", "cwd": "--cwd",
-                    "memory_limit": "--memory-limit", "chunk": "--chunk", "hidden_size": "--hidden-size",
+                    "chunk": "--chunk", "hidden_size": "--hidden-size",
                     "simulate_hidden": "--simulate-hidden", "clean_too": "--clean-too", "keep_run_dir": "--keep-run-dir"}
 
 
@@ -120,11 +134,14 @@ def score_bundle_command(zip_path, bundle_path, kw: dict, out, force: bool, as_j
                                 "drop them, or score the profile's way without --bundle")
     result = score_bundle(zip_path, bundle_path, phase=kw.get("phase"), task=kw.get("task"),
                           python=kw.get("python"), env=kw.get("env") or "local", profile=kw.get("profile"),
-                          time_limit=kw.get("time_limit"), out=out, force=force,
-                          strict=not kw.get("ignore_unknown_keys"), echo=None if quiet else _err)
+                          time_limit=kw.get("time_limit"), memory_limit_mb=kw.get("memory_limit"),
+                          no_network=bool(kw.get("no_network")), out=out,
+                          force=force,
+                          strict=bool(kw.get("strict")) and not kw.get("ignore_unknown_keys"),
+                          echo=None if quiet else _err)
     print_bundle_score(result, err=as_json)
     if out:
-        (_err if as_json else click.echo)(f"wrote {Path(out) / 'bundle_score.json'} and {Path(out) / 'report.html'}"
+        (_err if as_json else click.echo)(f"wrote {Path(out) / 'scores.json'} and {Path(out) / 'report.html'}"
                                           + (f"; detailed results: {Path(out) / result.detailed_results}"
                                              if result.detailed_results else ""))
     if as_json:

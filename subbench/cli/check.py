@@ -9,7 +9,11 @@ from . import main, profile_option
 
 def print_report(report) -> None:
     for r in report.results:
-        if r.ok:
+        if r.ok and r.details.get("warning"):
+            click.secho(f"WARN  {r.name}: {r.cause}", fg="yellow")
+            if r.hint:
+                click.echo(f"      hint: {r.hint}")
+        elif r.ok:
             extra = ""
             if r.name == "live-run":
                 d = r.details

@@ -11,6 +11,18 @@ from ..atomic import check_writable
 from . import main, profile_option
 
 
+def _draws_value(ctx, param, value):
+    if value in (None, "auto"):
+        return value
+    try:
+        k = int(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is neither 'auto' nor a whole number") from None
+    if k < 1:
+        raise click.BadParameter("at least 1 draw")
+    return k
+
+
 def _run_options(f):
     """Options shared by score and compare (compare passes them on to the zips it scores)."""
     opts = [
@@ -30,7 +42,10 @@ def _run_options(f):
         click.option("--time-limit", type=float, default=None, metavar="S",
                      help="One wall clock over start, imports, Model() and predict. Default: the profile's."),
         click.option("--memory-limit", type=float, default=None, metavar="MB",
-                     help="Kill the run (Out_Of_Memory) when its resident memory passes this."),
+                     help="Kill the run (Out_Of_Memory) when its resident memory passes this. With --bundle: each "
+                          "program of both steps, its whole process tree. Codabench's worker sets no memory limit "
+                          "(nor does subbench unless asked), and leaves the network on unless its queue sets "
+                          "COMPETITION_CONTAINER_NETWORK_DISABLED=true."),
         click.option("--chunk", type=click.IntRange(min=1), default=None, metavar="N",
                      help="Feed predict() N images at a time (progress bar per chunk)."),
         click.option("--hidden-size", type=click.IntRange(min=1), default=None, metavar="N",
@@ -45,8 +60,18 @@ def _run_options(f):
         click.option("--clean-too", is_flag=True, help="With --simulate-hidden: also score the clean images and "
                      "report the gap."),
         click.option("--seed", type=int, default=0, show_default=True, help="Seed of the simulator."),
+        click.option("--draws", "draws", default="auto", show_default=True, metavar="K|auto", callback=_draws_value,
+                     help="With --simulate-hidden: corrupt every image K times (seeds SEED, SEED+1, ...) and report "
+                          "the mean, the spread over draws and an interval counting images and draws; auto: as "
+                          "many as fit 120 s of extra predict time (at most 8)."),
         click.option("--suite-size", type=click.IntRange(min=1), default=1000, show_default=True,
                      help="Images per corruption and severity in the suite."),
+        click.option("--mce-baseline", "mce_baseline", type=click.Path(exists=True), default=None, metavar="DIR",
+                     help="With --simulate-hidden=suite: a baseline model's suite score folder; reports the mean "
+                          "corruption error (ImageNet-C's mCE) against it."),
+        click.option("--explain", "explain", type=click.IntRange(min=0), default=0, show_default=True,
+                     metavar="N", help="With --simulate-hidden: Grad-CAM heat maps of up to N misclassified images "
+                     "for each of the 3 costliest ops, beside their clean originals, in report.html."),
         click.option("--cross-cwd/--no-cross-cwd", default=True, show_default=True,
                      help="Also try the other working directory on a few images and warn if only one works."),
         profile_option,
@@ -59,7 +84,8 @@ def _run_options(f):
 _OPTION_FIELDS = {"env": "env", "cwd": "cwd", "time_limit": "time_limit_s", "memory_limit": "memory_limit_mb",
                   "chunk": "chunk", "hidden_size": "hidden_size", "server_speed": "server_speed", "split": "split",
                   "use_all": "use_all", "seed": "seed", "cross_cwd": "cross_cwd", "suite_size": "suite_size",
-                  "keep_run_dir": "keep_run_dir"}
+                  "keep_run_dir": "keep_run_dir", "mce_baseline": "mce_baseline",
+                  "explain": "explain", "draws": "draws"}
 
 
 def _options(kw: dict, progress: bool) -> dict:
@@ -76,7 +102,11 @@ def summary_lines(s) -> list[str]:
     lines = []
     if s.ok:
         lo, hi = s.metrics.accuracy_ci95
-        lines.append(f"{s.leaderboard_key}: {s.value:.4f}  (95% interval {lo:.4f}–{hi:.4f}, n = {s.n})")
+        d = s.draws
+        lines.append(f"{s.leaderboard_key}: {s.value:.4f}  (95% interval {lo:.4f}–{hi:.4f}, n = {s.n}"
+                     + (f" images x {d.k} draws)" if d and d.k > 1 else ")"))
+        if d:
+            lines += draw_lines(d)
         lines.append(f"balanced accuracy {s.metrics.balanced_accuracy:.4f} · macro F1 {s.metrics.macro_f1:.4f}")
         if s.clean and s.clean.metrics:
             lines.append(f"clean {s.clean.metrics.accuracy:.4f} · gap {s.clean.gap:+.4f}")
@@ -85,6 +115,12 @@ def summary_lines(s) -> list[str]:
             rce = rob.relative_corruption_error
             lines.append(f"robustness: mCA {rob.mean_corruption_accuracy:.4f} · rCE "
                          f"{'undefined' if rce is None else f'{rce:.3f}'} ({len(rob.accuracy)} corruptions)")
+            worst = list(rob.drop_points.items())[:TOP_OPS]
+            if worst:
+                lines.append("costliest corruptions: " + ", ".join(f"{k} -{v:.1f} pts" for k, v in worst))
+            if rob.mce is not None:
+                lines.append(f"mCE {rob.mce:.3f} against {rob.mce_baseline} (1.0 = as robust as the baseline)")
+        lines += breakdown_lines(s.breakdown)
     else:
         lines.append(f"{s.leaderboard_key}: –  ({s.message})")
     t = s.timing
@@ -96,6 +132,36 @@ def summary_lines(s) -> list[str]:
                      f"{proj.projected_s:.1f} s (margin {proj.margin_s or 0:.1f} s)")
     if s.peak_memory_mb:
         lines.append(f"peak memory {s.peak_memory_mb:.0f} MB")
+    return lines
+
+
+TOP_OPS = 3
+
+
+def draw_lines(d) -> list[str]:
+    """The corruption draw's part of a simulated hidden score."""
+    out = []
+    if d.k > 1:
+        out.append(f"over {d.k} corruption draws: " + " ".join(f"{a:.4f}" for a in d.per_draw)
+                   + f" (spread {d.spread:.4f}; {d.chosen})")
+    lo, hi = d.next_draw_ci95
+    text = f"one more draw of these images: {lo:.4f}–{hi:.4f}"
+    if d.hidden_ci95:
+        text += f" · the server's draw of {d.hidden_size} hidden images: {d.hidden_ci95[0]:.4f}–{d.hidden_ci95[1]:.4f}"
+    return out + [text]
+
+
+def breakdown_lines(b, k: int = TOP_OPS) -> list[str]:
+    """The costliest ops of a simulated hidden score, one line each."""
+    if b is None:
+        return []
+    over = f"{b.n // b.draws} images x {b.draws} draws" if b.draws > 1 else f"{b.n} images"
+    lines = [f"costliest ops of the corruption ({b.errors} errors on {over}; excess errors over images without "
+             "the op):"]
+    unit = "image-draws" if b.draws > 1 else "images"
+    for o in b.top(k):
+        lines.append(f"  {o.op:<24} -{o.points:.1f} pts  accuracy {o.accuracy_with:.3f} on {o.n_with} {unit} that "
+                     f"drew it vs {o.accuracy_without:.3f} on {o.n_without} without")
     return lines
 
 
@@ -124,20 +190,27 @@ def print_score(s, err: bool = False) -> None:
 @click.option("--bundle", "bundle", type=click.Path(exists=True), default=None, metavar="BUNDLE",
               help="Run ZIP through this Codabench competition bundle (zip or folder) instead: its own ingestion and "
                    "scoring programs, the worker's two steps. With --phase, --task, --python, --time-limit, --env.")
-@click.option("--phase", default=None, metavar="NAME|INDEX", help="With --bundle: the phase (default: the first).")
-@click.option("--task", default=None, type=int, metavar="INDEX", help="With --bundle: the task (default: the "
-              "phase's first).")
+@click.option("--phase", default=None, metavar="NAME|INDEX|all", help="With --bundle: the phase (default: the "
+              "first); all: every phase in order, a row per phase.")
+@click.option("--task", default=None, type=int, metavar="INDEX", help="With --bundle: one task of the phase "
+              "(default: every task, each a child submission as on the server).")
 @click.option("--python", "python", default=None, metavar="PATH",
               help="With --bundle: the interpreter the programs run in (default: --env's).")
-@click.option("--ignore-unknown-keys", is_flag=True, help="With --bundle: competition.yaml keys Codabench does not "
-              "know are warnings, not errors.")
+@click.option("--strict", is_flag=True, help="With --bundle: competition.yaml keys Codabench does not know (and "
+              "ignores) are errors, not warnings.")
+@click.option("--ignore-unknown-keys", is_flag=True, hidden=True, help="Deprecated: the default now.")
+@click.option("--no-network", "no_network", is_flag=True, help="With --bundle: run every program in a network "
+              "namespace of its own (Linux; named error where it cannot be applied), as on a Codabench queue with "
+              "COMPETITION_CONTAINER_NETWORK_DISABLED=true; the worker's default, and subbench's, is network on.")
 def score(zip_path, out, force, as_json, quiet, **kw):
     """Run ZIP exactly as Codabench does, time it, score it and report it.
 
     Exit code: 0 ok, 2 bad input; a failed run exits with its status: 11 Import_Error, 12 Init_Error,
     13 Predict_Error, 14 Output_Shape_Error, 15 Output_Value_Error, 16 Execution_Time_Limit_Exceeded,
     17 Out_Of_Memory. With --bundle: 0 Finished; Failed: 20 Execution_Time_Limit_Exceeded, 21 Missing_Metadata,
-    22 Missing_Command, 23 Scores_Not_Found, 24 Scores_Not_Decodable, 25 Metadata_Exists.
+    22 Missing_Command, 23 Scores_Not_Found, 24 Scores_Not_Decodable, 25 Metadata_Exists,
+    26 Scoring_Program_Failed (the scoring program exited non-zero: the current worker fails it, scores or not),
+    27 Out_Of_Memory (--memory-limit).
     """
     from ..api import score as run_score
 
@@ -145,6 +218,11 @@ def score(zip_path, out, force, as_json, quiet, **kw):
         from .bundle import score_bundle_command
 
         return score_bundle_command(zip_path, kw["bundle"], kw, out, force, as_json, quiet)
+    if kw.get("no_network"):
+        from .bundle import BundleOptionError
+
+        raise BundleOptionError("--no-network is not applied to the profile's run yet, only with --bundle",
+                                "drop --no-network, or run the zip through a bundle (`subbench bundle make`)")
     if out:
         check_writable(Path(out), force)  # fail before a long run, not after it
     result = run_score(zip_path, data=kw["data"], simulate_hidden=kw["simulate_hidden"], clean_too=kw["clean_too"],
