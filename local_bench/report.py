@@ -226,10 +226,10 @@ def _robustness_section(rob) -> str:
             f"<b>{rob.mean_corruption_accuracy:.4f}</b>; relative corruption error (rCE) "
             f"<b>{'undefined' if rce is None else f'{rce:.3f}'}</b>, on {rob.n} images per "
             f"corruption and severity.<br><small>{html.escape(RCE_FORMULA)}</small></p>"
-            + _img(robustness_png(rob), "robustness heatmap") + RB().suite_ranking_section(rob))
+            + _img(robustness_png(rob), "robustness heatmap") + _breakdown_views().suite_ranking_section(rob))
 
 
-def RB():
+def _breakdown_views():
     """The breakdown views (report_breakdown imports this module's helpers, so it is imported late)."""
     from subbench.local_bench import report_breakdown
 
@@ -276,8 +276,8 @@ def render_fragment(score) -> str:
     if ok and score.clean:
         parts.append(_clean_section(score))
     if ok and score.breakdown:
-        parts.append(RB().breakdown_section(score.breakdown))
-        parts.append(RB().explanations_section(score.explanations))
+        parts.append(_breakdown_views().breakdown_section(score.breakdown))
+        parts.append(_breakdown_views().explanations_section(score.explanations))
     if score.robustness:
         parts.append(_robustness_section(score.robustness))
     if score.stderr_tail and not ok:
@@ -298,7 +298,7 @@ def render_leaderboard(board, title: str = "Local leaderboard") -> str:
     head = "".join(f"<th>{html.escape(c)}</th>" for c in rows[0])
     body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows[1:])
     warn = f'<div class="warn">{html.escape(board.warning)}</div>' if board.warning else ""
-    paired = "".join(RB().paired_section(p.a, p.b, p.ops) for p in getattr(board, "paired", []))
+    paired = "".join(_breakdown_views().paired_section(p.a, p.b, p.ops) for p in getattr(board, "paired", []))
     return (f'<div class="sbr"><style>{CSS}</style><h2>{html.escape(title)}</h2>{warn}'
             f'<table id="leaderboard"><tr>{head}</tr>{body}</table>{paired}</div>')
 
