@@ -27,7 +27,7 @@ explicit combinations.
 
     python bench/bench_throughput.py [--size 64,96] [--widths 32-64-128-256,24-48-96-192] [--batch 64,128]
         [--precision float32,bfloat16] [--isa native,AVX2] [--onednn 1,0] [--threads default,1x1,2x1]
-        [--inputs edges,none] [--backend tensorflow,jax] [--xla off,on] [--variant isa=AVX2,batch=128 ...] [--grid]
+        [--inputs edges,none] [--block basic,inverted] [--backend tensorflow,jax] [--xla off,on] [--variant isa=AVX2,batch=128 ...] [--grid]
         [--rounds 3] [--steps 8] [--warmup 3] [--peak-n 2048]
 
 --isa: a value for ONEDNN_MAX_CPU_ISA (AVX2, AVX512_CORE, AVX512_CORE_BF16, ...), native = unset; AVX2 emulates
@@ -65,6 +65,7 @@ OPTIONS = {  # option -> default comma list (first = base)
     "onednn": "1,0",
     "threads": "default,1x1",
     "inputs": "edges,none",
+    "block": "basic",
     "backend": "tensorflow",
     "xla": "off",
 }
@@ -194,7 +195,8 @@ def child(spec: dict) -> None:
     keras.mixed_precision.set_global_policy(policy)
     head = recipe_head(recipe)
     inputs = None if spec["inputs"] in ("none", "") else spec["inputs"].replace("+", ",")
-    built = build_model(recipe.backbone, input_size=int(spec["size"]), inputs=inputs, head=head, seed=0)
+    built = build_model(recipe.backbone, input_size=int(spec["size"]), inputs=inputs, head=head, seed=0,
+                        block=spec.get("block", "basic"))
     _compile(built, recipe, recipe.learning_rate, steps=100, epochs=1, step_cosine=False)
     # the builder compiles without XLA on a CPU; --xla on, and any other backend (un-jitted JAX runs op by op), jit
     if spec["xla"] == "on" or spec["backend"] != "tensorflow":

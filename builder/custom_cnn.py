@@ -63,10 +63,15 @@ def fused_batch_normalization(**kwargs):
 TRAINING_STANDINS = {"FusedBatchNormalization": "BatchNormalization"}
 
 
+INVERTED_EXPANSION = 4   # inverted residual blocks: the 1x1 expansion's channels, x the block's input (MobileNetV2: 6)
+BLOCKS = ("basic", "inverted")   # custom_cnn(block=...): the stages' block type
+
+
 def custom_cnn(include_top: bool = False, weights=None, input_shape=(96, 96, 3), widths=(32, 64, 128, 256),
-               blocks=(1, 2, 2, 1), name: str = "custom_cnn", fused_batchnorm: bool = True, **_ignored):
-    """A small ResNet for a CPU (1.6 M parameters with the GAP head): stride-2 stem, basic residual blocks
-    (conv-BN-ReLU x2, projection shortcut on downsampling), stages at 1/2, 1/4, 1/8, 1/16 of the input.
+               blocks=(1, 2, 2, 1), name: str = "custom_cnn", fused_batchnorm: bool = True, block: str = "basic",
+               **_ignored):
+    """A small ResNet for a CPU (1.6 M parameters with the GAP head): stride-2 stem, then stages at 1/2, 1/4,
+    1/8, 1/16 of the input, of `block` blocks (`basic_block` or `inverted_block`).
     Returns the feature map (no top, no preprocessing: like keras.applications with include_top=False).
     Widths 32..256 rather than 24..192 (measured, the cpu recipe's hour on pbc96): with the fused BatchNorm the
     wider net costs 1.07x the step (bench/bench_custom_cnn.py; the 0.59x that once favoured 24..192 was the Keras
@@ -77,7 +82,12 @@ def custom_cnn(include_top: bool = False, weights=None, input_shape=(96, 96, 3),
     from keras import layers
 
     del include_top
+    if block not in BLOCKS:
+        from subbench.builder.backbones import ModelConfigError
+
+        raise ModelConfigError(f"custom_cnn block {block!r} is unknown", f"use one of {', '.join(BLOCKS)}")
     batchnorm = fused_batch_normalization if fused_batchnorm else layers.BatchNormalization
+    make_block = basic_block if block == "basic" else inverted_block
     inp = keras.Input(input_shape, name="input")
     x = layers.Conv2D(widths[0], 3, strides=2, padding="same", use_bias=False, name="stem_conv")(inp)
     x = batchnorm(momentum=BN_MOMENTUM, name="stem_bn")(x)
@@ -85,22 +95,50 @@ def custom_cnn(include_top: bool = False, weights=None, input_shape=(96, 96, 3),
     for s, (width, count) in enumerate(zip(widths, blocks)):
         for b in range(count):
             stride = 2 if (s > 0 and b == 0) else 1
-            p = f"stage{s + 1}_block{b + 1}"
-            shortcut = x
-            y = layers.Conv2D(width, 3, strides=stride, padding="same", use_bias=False, name=f"{p}_conv1")(x)
-            y = batchnorm(momentum=BN_MOMENTUM, name=f"{p}_bn1")(y)
-            y = layers.Activation("relu", name=f"{p}_relu1")(y)
-            y = layers.Conv2D(width, 3, padding="same", use_bias=False, name=f"{p}_conv2")(y)
-            y = batchnorm(momentum=BN_MOMENTUM, name=f"{p}_bn2")(y)
-            if stride != 1 or shortcut.shape[-1] != width:
-                shortcut = layers.Conv2D(width, 1, strides=stride, use_bias=False, name=f"{p}_proj")(shortcut)
-                shortcut = batchnorm(momentum=BN_MOMENTUM, name=f"{p}_proj_bn")(shortcut)
-            x = layers.Add(name=f"{p}_add")([shortcut, y])
-            x = layers.Activation("relu", name=f"{p}_out")(x)
+            x = make_block(x, width, stride, batchnorm, f"stage{s + 1}_block{b + 1}")
     model = keras.Model(inp, x, name=name)
     if weights is not None:
         model.load_weights(weights)
     return model
+
+
+def basic_block(x, width: int, stride: int, batchnorm, p: str):
+    """ResNet's basic block: conv3x3-BN-ReLU, conv3x3-BN, + the input (a 1x1 projection where the shape changes),
+    ReLU. 18 w^2 multiply-adds a pixel at width w."""
+    from keras import layers
+
+    shortcut = x
+    y = layers.Conv2D(width, 3, strides=stride, padding="same", use_bias=False, name=f"{p}_conv1")(x)
+    y = batchnorm(momentum=BN_MOMENTUM, name=f"{p}_bn1")(y)
+    y = layers.Activation("relu", name=f"{p}_relu1")(y)
+    y = layers.Conv2D(width, 3, padding="same", use_bias=False, name=f"{p}_conv2")(y)
+    y = batchnorm(momentum=BN_MOMENTUM, name=f"{p}_bn2")(y)
+    if stride != 1 or shortcut.shape[-1] != width:
+        shortcut = layers.Conv2D(width, 1, strides=stride, use_bias=False, name=f"{p}_proj")(shortcut)
+        shortcut = batchnorm(momentum=BN_MOMENTUM, name=f"{p}_proj_bn")(shortcut)
+    x = layers.Add(name=f"{p}_add")([shortcut, y])
+    return layers.Activation("relu", name=f"{p}_out")(x)
+
+
+def inverted_block(x, width: int, stride: int, batchnorm, p: str, expansion: int = INVERTED_EXPANSION):
+    """MobileNetV2's inverted residual: 1x1 expansion to `expansion` x the input's channels -BN-ReLU, 3x3
+    depthwise (the stride) -BN-ReLU, 1x1 linear projection to `width` -BN, + the input where the shape is kept
+    (no projection shortcut, as in MobileNetV2). At width w, expansion 4: 8 w^2 + 36 w multiply-adds a pixel,
+    against the basic block's 18 w^2. Built-in layers only (DepthwiseConv2D loads on Keras 3.4.1)."""
+    from keras import layers
+
+    cin = x.shape[-1]
+    y = layers.Conv2D(cin * expansion, 1, use_bias=False, name=f"{p}_expand")(x)
+    y = batchnorm(momentum=BN_MOMENTUM, name=f"{p}_expand_bn")(y)
+    y = layers.Activation("relu", name=f"{p}_expand_relu")(y)
+    y = layers.DepthwiseConv2D(3, strides=stride, padding="same", use_bias=False, name=f"{p}_depthwise")(y)
+    y = batchnorm(momentum=BN_MOMENTUM, name=f"{p}_depthwise_bn")(y)
+    y = layers.Activation("relu", name=f"{p}_depthwise_relu")(y)
+    y = layers.Conv2D(width, 1, use_bias=False, name=f"{p}_project")(y)
+    y = batchnorm(momentum=BN_MOMENTUM, name=f"{p}_project_bn")(y)
+    if stride == 1 and cin == width:
+        y = layers.Add(name=f"{p}_add")([x, y])
+    return y
 
 
 WHITEN_EPS = 5e-4      # airbench's: added to each eigenvalue, so that near-empty directions are not blown up

@@ -46,6 +46,7 @@ class BuiltModel:
     preprocess_layers: list = field(default_factory=list)
     inputs: InputBranches = field(default_factory=InputBranches)
     preprocess_steps: CellPreprocessing = field(default_factory=CellPreprocessing)
+    block: str = "basic"       # custom_cnn's stages' blocks (basic | inverted)
 
     @property
     def pretrained(self) -> bool:
@@ -55,14 +56,14 @@ class BuiltModel:
         """For the manifest/log: what was built."""
         return {"backbone": self.spec.name, "family": self.spec.family, "input_size": self.input_size,
                 "weights": self.weights, "preprocessing": self.spec.preprocessing, "head": asdict(self.head),
-                "inputs": list(self.inputs.names()), "preprocess": self.preprocess_steps.to_list(),
-                "params": int(self.model.count_params()),
+                "block": self.block, "inputs": list(self.inputs.names()),
+                "preprocess": self.preprocess_steps.to_list(), "params": int(self.model.count_params()),
                 "backbone_params": int(self.backbone.count_params())}
 
 
 def build_model(backbone: str, *, num_classes: int = 8, input_shape=(96, 96, 3), input_size: int | None = None,
                 weights: str = "none", head: HeadConfig | None = None, seed: int = 0,
-                inputs: InputBranches | None = None, width: int | None = None,
+                inputs: InputBranches | None = None, width: int | None = None, block: str = "basic",
                 preprocess=None) -> BuiltModel:
     """Backbone `backbone` + preprocessing + head, taking raw 0..255 float32 images of `input_shape`.
 
@@ -71,6 +72,7 @@ def build_model(backbone: str, *, num_classes: int = 8, input_shape=(96, 96, 3),
     inputs: the input branches (backbones with per-image standardisation: custom_cnn), their channels after the
     image's 3 (subbench.builder.input_branches); an InputBranches or what InputBranches.from_names takes.
     width: custom_cnn only, the channels of its first stage (stages width, 2x, 4x, 8x); None = its default.
+    block: custom_cnn only, its stages' blocks: basic (ResNet's) or inverted (MobileNetV2's inverted residual).
     preprocess: cell preprocessing steps applied in order to the raw input before everything else (resizing,
     the backbone's preprocessing, the input branches): a CellPreprocessing or what its from_spec takes
     (subbench.builder.cell_preprocessing).
@@ -103,6 +105,11 @@ def build_model(backbone: str, *, num_classes: int = 8, input_shape=(96, 96, 3),
             raise ModelConfigError(f"width applies to custom_cnn, not to {spec.name}",
                                    "leave --width out for keras.applications backbones")
         kwargs["widths"] = tuple(int(width) * m for m in (1, 2, 4, 8))
+    if block != "basic":
+        if spec.family != "custom":
+            raise ModelConfigError(f"block applies to custom_cnn, not to {spec.name}",
+                                   "leave --block out for keras.applications backbones")
+        kwargs["block"] = block
     net, fix = backbone_with_weights(spec, weights, kwargs)
     x, pre = _preprocessed(raw, image, pre + fix, inputs)
     pre = cell_layers + pre
@@ -113,7 +120,7 @@ def build_model(backbone: str, *, num_classes: int = 8, input_shape=(96, 96, 3),
     built = BuiltModel(model=model, backbone=net, backbone_layers=_depth_ordered_layers(net), spec=spec, head=head,
                        input_size=spatial[0], weights=str(weights),
                        preprocess=keras.Model(inp, x, name="preprocess"), preprocess_layers=pre, inputs=inputs,
-                       preprocess_steps=cell)
+                       preprocess_steps=cell, block=block)
     set_backbone_trainable(built, 0.0 if pretrained else 1.0)
     return built
 

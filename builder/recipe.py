@@ -25,6 +25,7 @@ else:  # pragma: no cover
 
 from subbench.builder.backbones import BACKBONES
 from subbench.builder.cell_preprocessing import CellPreprocessing, PreprocessError
+from subbench.builder.custom_cnn import BLOCKS
 from subbench.builder.heads import HEADS
 from subbench.builder.input_branches import InputBranchError, InputBranches
 from subbench.builder.losses import LOSSES
@@ -41,7 +42,7 @@ class RecipeError(SubbenchError):
 
 # TOML table -> the fields it may hold (names are the dataclass fields below).
 SECTIONS = {
-    "model": ("backbone", "weights", "input_size", "width", "whiten_stem", "inputs", "preprocess"),
+    "model": ("backbone", "weights", "input_size", "width", "block", "whiten_stem", "inputs", "preprocess"),
     "head": ("head", "head_dense", "head_batchnorm", "head_dropout", "head_l2"),
     "loss": ("loss", "label_smoothing", "focal_gamma", "focal_alpha", "balance"),
     "optimizer": ("optimizer", "learning_rate", "weight_decay", "schedule", "lookahead"),
@@ -65,6 +66,7 @@ class Recipe:
     weights: str = "none"             # none | imagenet | PATH
     input_size: int | None = None     # resize inside the model (e.g. 224 for backbones that want it)
     width: int | None = None          # custom_cnn: channels of its first stage (stages w, 2w, 4w, 8w); None = 32
+    block: str = "basic"              # custom_cnn: its stages' blocks, basic (ResNet) | inverted (MobileNetV2)
     whiten_stem: bool = False         # custom_cnn: start its first conv as a whitening of the training patches
     # custom_cnn: more input channels (subbench.builder.input_branches); TOML: inputs = ["edges", "equalized"]
     inputs: InputBranches = field(default_factory=InputBranches)
@@ -142,7 +144,7 @@ _FIELDS = {f.name: f for f in dataclasses.fields(Recipe)}
 CHOICES = {
     "backbone": tuple(BACKBONES), "head": tuple(HEADS), "loss": tuple(LOSSES), "balance": BALANCE_MODES,
     "optimizer": tuple(OPTIMIZERS), "schedule": SCHEDULES, "augment": AUGMENT_PRESETS, "strategy": STRATEGIES,
-    "tta": TTA_CHOICES,
+    "tta": TTA_CHOICES, "block": BLOCKS,
 }
 BOOLS = tuple(f.name for f in dataclasses.fields(Recipe) if f.type in (bool, "bool"))
 # (type, lowest allowed, highest allowed or None, the lowest bound excluded?)

@@ -298,7 +298,8 @@ def train(recipe: Recipe, images: np.ndarray, labels: np.ndarray, val_images: np
         def build(input_size):
             return build_model(recipe.backbone, num_classes=num_classes, input_shape=images.shape[1:],
                                input_size=input_size, weights=recipe.weights, head=head, seed=recipe.seed,
-                               inputs=recipe.inputs, width=width, preprocess=recipe.preprocess)
+                               inputs=recipe.inputs, width=width, block=recipe.block,
+                               preprocess=recipe.preprocess)
 
         with strategy.scope():
             built = build(size)
@@ -355,7 +356,7 @@ def _model_size(recipe: Recipe, state: dict, images, labels, val_images, num_cla
 
     def build_probe(size, width):
         model = build_model(recipe.backbone, num_classes=num_classes, input_shape=images.shape[1:], input_size=size,
-                            head=head, seed=recipe.seed, inputs=recipe.inputs, width=width,
+                            head=head, seed=recipe.seed, inputs=recipe.inputs, width=width, block=recipe.block,
                             preprocess=recipe.preprocess).model
         _compile_plain(model, recipe)
         return model

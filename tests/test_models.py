@@ -228,6 +228,60 @@ def test_equalized_channels_are_each_colours_soft_cdf_and_ignore_equalize():
         assert eq_change < image_change / 3, (op.__name__, eq_change, image_change)   # 0.20 vs 0.73 for equalize
 
 
+def test_folded_channels_are_min_of_x_and_its_inverse_and_ignore_solarize():
+    """Channels 4-6: min(x, 255 - x) of the raw image, resized to 64 px, standardised. keras_cv's solarize
+    (AugMix's: no addition) at any threshold leaves them as they were, while it changes the colour channels."""
+    from subbench.corrupt import kcv_ops
+
+    built = build_model("custom_cnn", input_size=64, inputs=InputBranches.from_names("folded"))
+    assert built.backbone.input_shape == (None, 64, 64, 6) and built.model.output_shape == (None, 8)
+    assert all(not layer.trainable for layer in built.preprocess_layers)
+    x = images(4)
+    got = np.asarray(built.preprocess(x))
+    resize = keras.layers.Resizing(64, 64, interpolation="bilinear")
+    resized = np.asarray(resize(x))
+    np.testing.assert_allclose(got[..., 3:], _standardized(np.asarray(resize(np.minimum(x, 255.0 - x)))), atol=1e-4)
+    np.testing.assert_allclose(got[..., :3], _standardized(resized), atol=1e-4)
+    planar = x.transpose(0, 3, 1, 2)
+    for threshold in (0.0, 64.0, 128.0, 200.0):
+        solarized = kcv_ops.solarize(planar, np.zeros(4), np.full(4, threshold)).transpose(0, 2, 3, 1)
+        other = np.asarray(built.preprocess(solarized))
+        np.testing.assert_allclose(other[..., 3:], got[..., 3:], atol=2e-3)
+        assert np.abs(other[..., :3] - got[..., :3]).max() > 0.5
+
+
+def _layer_kinds(model) -> dict:
+    kinds: dict = {}
+    for layer in model.layers:
+        kinds[type(layer).__name__] = kinds.get(type(layer).__name__, 0) + 1
+    return kinds
+
+
+def test_inverted_residual_blocks_are_cheaper_and_train():
+    """block="inverted": each block 1x1 expansion (4x), 3x3 depthwise, 1x1 projection, each with BatchNorm, a
+    residual Add where the shape is kept; far fewer weights than the basic blocks at the same widths; it trains
+    and predicts like any other model. `block` is custom_cnn's only: a named error elsewhere."""
+    basic = build_model("custom_cnn", input_size=64)
+    inverted = build_model("custom_cnn", input_size=64, block="inverted")
+    assert inverted.block == "inverted" and inverted.describe()["block"] == "inverted"
+    kinds = _layer_kinds(inverted.backbone)
+    assert kinds["DepthwiseConv2D"] == 6 and kinds["Add"] == 3   # blocks (1, 2, 2, 1): 3 keep their shape
+    assert "DepthwiseConv2D" not in _layer_kinds(basic.backbone)
+    assert inverted.backbone.count_params() < basic.backbone.count_params() / 2
+    assert inverted.backbone.output_shape == basic.backbone.output_shape == (None, 4, 4, 256)
+    model = inverted.model
+    model.compile(keras.optimizers.SGD(1e-2), keras.losses.CategoricalCrossentropy(), jit_compile=False)
+    before = model.get_layer(inverted.backbone.name).get_layer("stage2_block1_depthwise").kernel.numpy().copy()
+    history = model.fit(images(4), one_hot(4), batch_size=4, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+    after = model.get_layer(inverted.backbone.name).get_layer("stage2_block1_depthwise").kernel.numpy()
+    assert not np.array_equal(before, after)
+    with pytest.raises(ModelConfigError, match="block applies to custom_cnn, not to mobilenetv3_small"):
+        build_model("mobilenetv3_small", block="inverted")
+    with pytest.raises(ModelConfigError, match="custom_cnn block 'dense' is unknown"):
+        custom_cnn(block="dense")
+
+
 @pytest.mark.parametrize("branch", sorted(INPUT_BRANCHES))
 def test_input_branches_need_a_standardised_backbone(branch):
     with pytest.raises(ModelConfigError, match=f"input branch {branch} needs a backbone with per-image "
@@ -574,11 +628,15 @@ def test_one_model_per_family_loads_on_the_server_keras(tmp_path):
         export_model(built.model, tmp_path / f"{name}.keras", table)
         np.save(tmp_path / f"{name}.npy", built.model.predict(x, verbose=0))
         keras.backend.clear_session()
-    # the cpu recipe's input (96 px resized to 64 inside) with the edge channels (a frozen Sobel DepthwiseConv2D)
-    # and the equalised ones (frozen Conv2D ramps, Dense, Reshape, Dot)
-    built = build_model("custom_cnn", input_size=64, inputs=InputBranches.from_names(["edges", "equalized"]))
-    export_model(built.model, tmp_path / "custom_cnn_edges.keras", table)
-    np.save(tmp_path / "custom_cnn_edges.npy", built.model.predict(x, verbose=0))
+    # the cpu recipe's input (96 px resized to 64 inside) with the edge channels (a frozen Sobel DepthwiseConv2D),
+    # the folded ones (Rescaling, Minimum) and the equalised ones (frozen Conv2D ramps, Dense, Reshape, Dot); and
+    # the inverted residual blocks (DepthwiseConv2D, the exported BatchNormalization)
+    for tag, block in (("edges", "basic"), ("inverted", "inverted")):
+        built = build_model("custom_cnn", input_size=64, block=block,
+                            inputs=InputBranches.from_names(["edges", "folded", "equalized"]))
+        export_model(built.model, tmp_path / f"custom_cnn_{tag}.keras", table)
+        np.save(tmp_path / f"custom_cnn_{tag}.npy", built.model.predict(x, verbose=0))
+        keras.backend.clear_session()
     script = ("import sys, glob, numpy as np, keras\n"
               "x = np.load(sys.argv[1] + '/x.npy')\n"
               "for f in sorted(glob.glob(sys.argv[1] + '/*.keras')):\n"
@@ -587,6 +645,6 @@ def test_one_model_per_family_loads_on_the_server_keras(tmp_path):
     res = subprocess.run([python, "-c", script, str(tmp_path)], capture_output=True, text=True, timeout=900)
     assert res.returncode == 0, res.stderr[-3000:]
     lines = [line.split() for line in res.stdout.splitlines() if ".keras" in line]
-    assert len(lines) == len(SMALLEST) + 1
+    assert len(lines) == len(SMALLEST) + 2
     for fname, diff, dtype in lines:
         assert float(diff) < 1e-4 and dtype == "float32", (fname, diff, dtype)

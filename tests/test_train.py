@@ -64,7 +64,8 @@ def test_bad_recipe(tmp_path):
                                          ("[loss]\nlabel_smoothing = 'yes'", "label_smoothing = 'yes'"),
                                          ("[head]\nhead_batchnorm = 1", "head_batchnorm = 1 is not true or false"),
                                          ("[train]\nmixed_precision = 'yes'", "mixed_precision = 'yes' is not"),
-                                         ("[model]\nedge_channels = 'on'", "edge_channels = 'on' is not true")])
+                                         ("[model]\nedge_channels = 'on'", "edge_channels = 'on' is not true"),
+                                         ("[model]\nblock = 'dense'", "block = 'dense' is not one of")])
 def test_recipe_values_are_checked_when_read(tmp_path, line, named):
     (tmp_path / "r.toml").write_text(line + "\n")
     with pytest.raises(RecipeError, match=named):

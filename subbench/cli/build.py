@@ -5,6 +5,7 @@ from pathlib import Path
 import click
 
 from subbench.builder.cell_preprocessing import NO_PREPROCESS, PREPROCESSORS, CellPreprocessing
+from subbench.builder.custom_cnn import BLOCKS
 from subbench.builder.heads import HEADS
 from subbench.builder.input_branches import INPUT_BRANCHES, NO_BRANCHES, InputBranches
 from subbench.builder.losses import LOSSES
@@ -45,6 +46,9 @@ TRAINING_OPTIONS = [
     click.option("--input-size", type=int, default=None, help="Resize inside the model (backbones wanting more px)."),
     click.option("--width", type=int, default=None,
                  help="custom_cnn: channels of the first stage (stages W, 2W, 4W, 8W; default 32)."),
+    click.option("--block", type=click.Choice(list(BLOCKS)), default=None,
+                 help="custom_cnn: the stages' blocks, basic (ResNet's) or inverted (MobileNetV2's inverted "
+                      "residual: fewer multiply-adds a block)."),
     click.option("--whiten-stem/--no-whiten-stem", default=None,
                  help="custom_cnn: start the first conv as a whitening of the training images' patches."),
     click.option("--inputs", default=None, metavar=",".join(INPUT_BRANCHES) + "|" + NO_BRANCHES,
