@@ -24,6 +24,14 @@ import numpy as np
 # step at 64 px / 32..256 as 1, 64 px / 24..192 0.66, 48 px / 32..256 0.57, 48 px / 24..192 0.40, 48 px /
 # 16..128 ~0.25).
 CANDIDATES = ((64, 32), (64, 24), (48, 32), (48, 24), (48, 16))
+# custom_cnn's inverted residual blocks: ~1/6 of the basic blocks' weights at the same widths and 1.6x the images/s
+# (bench/bench_throughput.py, AVX2), so wider stages come first.
+INVERTED_CANDIDATES = ((64, 48), (64, 32), (64, 24), (48, 32), (48, 24))
+
+
+def candidates_for(block: str) -> tuple:
+    """The (input size, width) candidates for custom_cnn's `block`, most costly first."""
+    return INVERTED_CANDIDATES if block == "inverted" else CANDIDATES
 PROBE_STEPS = 3
 FORWARD_SHARE = 1 / 3   # a forward (validation) image costs about a third of a training image
 PROGRESSIVE_SCALE = 0.75   # progressive resizing: the first part's input size, as a share of the full one

@@ -336,7 +336,7 @@ def train(recipe: Recipe, images: np.ndarray, labels: np.ndarray, val_images: np
 def _model_size(recipe: Recipe, state: dict, images, labels, val_images, num_classes: int, head, deadline, echo):
     """(input size, width) to build: the recipe's, or with autosize_epochs those subbench.builder.autosize picks
     by timing a step of each candidate on this host (kept in state.json: a resumed build keeps its size)."""
-    from subbench.builder.autosize import choose_size
+    from subbench.builder.autosize import candidates_for, choose_size
     from subbench.builder.models import build_model
     from subbench.builder.pipeline import heavy_bank_seconds
 
@@ -365,7 +365,7 @@ def _model_size(recipe: Recipe, state: dict, images, labels, val_images, num_cla
          f"{recipe.max_train_minutes:g}-minute budget; the heavy bank will take ~{bank_s:.0f} s of it)")
     choice = choose_size(build_probe, batch=batch, steps_per_epoch=steps, val_images=n_val,
                          seconds_left=lambda: deadline - time.monotonic() - bank_s,
-                         target_epochs=recipe.autosize_epochs,
+                         target_epochs=recipe.autosize_epochs, candidates=candidates_for(recipe.block),
                          progressive=recipe.progressive if progressive_applies(recipe) else 0.0, echo=echo)
     echo(f"model size: {choice.input_size} px, width {choice.width}: {choice.reason}")
     import keras

@@ -71,6 +71,7 @@ from subbench.local_bench.bundle_phase import run_all_phases, run_phase
 from subbench.local_bench.bundle_spec import (Bundle, BundleError, BundleFileError, BundlePhase,
                                               BundleSelectionError, BundleTask,
                                               copy_tree, materialize, open_bundle, safe_extract_archive)
+from subbench.local_bench.netns import net_prefix, network_failure, require_network_isolation
 from subbench.local_bench.proctree import StartError, run_tree
 from subbench.local_bench.stderr_filter import summarize
 
@@ -187,37 +188,6 @@ def namespace_support() -> tuple[bool, str]:
         why = (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]
         return False, f"no private mount namespace here ({why})"
     return True, ""
-
-
-NETWORK_ERROR = re.compile(r"URLError|gaierror|Temporary failure in name resolution|Network is unreachable|"
-                           r"Name or service not known|Failed to establish a new connection|No route to host")
-
-
-def _net_prefix() -> list[str]:
-    return [shutil.which("unshare") or "unshare", "--net"] + ([] if os.geteuid() == 0 else
-                                                             ["--user", "--map-root-user"])
-
-
-@functools.lru_cache(maxsize=1)
-def network_isolation() -> tuple[bool, str]:
-    """(usable, why not): can a program run in a network namespace of its own (loopback only)? Probed once."""
-    if not sys.platform.startswith("linux") or not shutil.which("unshare"):
-        return False, f"network namespaces need Linux and util-linux's `unshare` (this is {sys.platform})"
-    try:
-        proc = subprocess.run(_net_prefix() + [sys.executable, "-c", "pass"], capture_output=True, text=True,
-                              timeout=30)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return False, f"unshare --net failed ({exc})"
-    if proc.returncode != 0:
-        return False, "no network namespace here (" + ((proc.stderr.strip().splitlines() or ["?"])[-1]) + ")"
-    return True, ""
-
-
-def require_network_isolation() -> None:
-    ok, why = network_isolation()
-    if not ok:
-        raise BundleRunError(f"--no-network cannot be applied: {why}",
-                             "run without --no-network (the programs then have this machine's network)")
 
 
 def app_mode() -> tuple[str, str]:
@@ -463,7 +433,7 @@ class Step:
                 run.note = (run.note + "; " if run.note else "") + (
                     f"{args[0]} (the image's interpreter) ran as {self.python}")
             args[0] = self.python
-        run.argv = (_net_prefix() if self.no_network else []) + view.argv(args)
+        run.argv = (net_prefix() if self.no_network else []) + view.argv(args)
         return run.argv
 
     def _run_one(self, run: ProgramRun, argv: list[str], env: dict, deadline: float, outcomes: dict,
@@ -497,8 +467,8 @@ class Step:
         if "appns: " in text and run.exit_code == 125:
             outcomes[id(run)] = BundleRunError(f"the private /app mounts failed: {text.strip().splitlines()[-1]}",
                                                f"set {APP_MODE_VAR}=rewrite to rewrite the paths instead")
-        if self.no_network and NETWORK_ERROR.search(text):
-            self.warnings.append(f"the {run.role} tried to reach the network ({NETWORK_ERROR.search(text).group(0)}) "
+        if self.no_network and network_failure(text):
+            self.warnings.append(f"the {run.role} tried to reach the network ({network_failure(text)}) "
                                  "and --no-network cut it off: on a server without internet (a queue with "
                                  "COMPETITION_CONTAINER_NETWORK_DISABLED=true) it fails the same way; ship what it "
                                  "downloads (e.g. weights fetched at Model()) inside the submission")

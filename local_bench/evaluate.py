@@ -37,6 +37,7 @@ from subbench.local_bench.breakdown import breakdown, corruption_errors, suite_r
 from subbench.local_bench.draws import choose_draws, draw_spread
 from subbench.local_bench.results import (CleanResult, CwdCheck, Leakage, Metrics, Projection, Robustness, Score,
                                           ScoredOn, Status, Timing)
+from subbench.local_bench.netns import require_network_isolation
 from subbench.local_bench.runner import CWD_MODES, RunResult, run_sets
 from subbench.local_bench.safezip import safe_extract
 
@@ -52,6 +53,7 @@ class ScoreOptions:
     cwd: str | None = None                 # None: the profile's
     time_limit_s: float | None = None      # None: the profile's
     memory_limit_mb: float | None = None
+    no_network: bool = False               # the submission's process without network access (local_bench.netns)
     chunk: int | None = None
     hidden_size: int | None = None         # None: the profile's expected hidden-set size
     server_speed: float = 1.0
@@ -176,6 +178,8 @@ def _check_options(options: ScoreOptions, cwd_mode: str) -> None:
     if options.simulate_hidden and options.simulate_hidden not in SIMULATE_PRESETS:
         raise SubbenchError(f"--simulate-hidden {options.simulate_hidden!r} is not a preset",
                             f"use one of {', '.join(SIMULATE_PRESETS)}")
+    if options.no_network:
+        require_network_isolation()   # before the images are read and corrupted, not after
     draws = options.draws
     if draws not in (None, "auto") and (not isinstance(draws, (int, np.integer)) or isinstance(draws, bool)
                                         or draws < 1):
@@ -218,6 +222,7 @@ def evaluate(zip_path, data, profile: Profile, options: ScoreOptions | None = No
         else:
             images = clean
         common = dict(n_classes=profile.num_classes, python=python, memory_limit_mb=options.memory_limit_mb,
+                      no_network=options.no_network,
                       chunk=options.chunk, module=Path(profile.entry).stem, class_name=profile.class_name,
                       profile=profile, echo=echo)
         echo(f"running {zip_path.name} on {len(images)} images ({options.env} env, cwd {cwd_mode}, "

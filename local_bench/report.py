@@ -307,13 +307,18 @@ def render_check(report) -> str:
     """A `CheckReport` as a scoped HTML list of checks, failures with their cause and hint."""
     items = []
     for r in report.results:
-        if r.ok:
+        hint = f"<br><i>hint: {html.escape(r.hint)}</i>" if r.hint else ""
+        if r.ok and r.details.get("warning"):   # passed, with what is odd (an edited zip: the run decides)
+            items.append(f'<tr><td class="warned">WARN</td><td>{html.escape(r.name)}</td>'
+                         f"<td>{html.escape(r.cause)}{hint}</td></tr>")
+        elif r.ok:
             items.append(f'<tr><td class="pass">PASS</td><td>{html.escape(r.name)}</td><td></td></tr>')
         else:
-            hint = f"<br><i>hint: {html.escape(r.hint)}</i>" if r.hint else ""
             items.append(f'<tr><td class="fail">FAIL</td><td>{html.escape(r.name)}</td>'
                          f"<td>{html.escape(r.cause)}{hint}</td></tr>")
-    verdict = "all checks passed" if report.ok else "checks failed"
+    warned = sum(1 for r in report.results if r.ok and r.details.get("warning"))
+    verdict = "checks failed" if not report.ok else "all checks passed" + (
+        f", {warned} warning{'s' if warned > 1 else ''}" if warned else "")
     return (f'<div class="sbr"><style>{CSS}</style><h2>subbench check: {html.escape(str(report.zip_path))}</h2>'
             f'<p class="sub">{report.env} environment: {html.escape(report.python)}</p>'
             f'<p class="{"pass" if report.ok else "fail"}" id="verdict">{verdict}</p>'

@@ -42,6 +42,7 @@ from typing import Callable, Iterable
 import numpy as np
 
 from subbench.local_bench.classify import STAGES, STATUSES, check_predictions, classify
+from subbench.local_bench.netns import net_prefix, network_failure, require_network_isolation
 from subbench.local_bench.proctree import POLL_S, TREE_SCAN_S, StartError, run_tree
 from subbench.local_bench.stderr_filter import TAIL_LINES as STDERR_TAIL_LINES
 from subbench.local_bench.stderr_filter import summarize
@@ -61,6 +62,7 @@ class RunSpec:
     python: str = sys.executable           # the interpreter that runs the ingestion program
     time_limit_s: float | None = 600.0     # one wall clock over start-up, imports, Model() and predict
     memory_limit_mb: float | None = None   # resident memory of the whole process tree
+    no_network: bool = False               # the process tree in a network namespace of its own (local_bench.netns)
     cwd_mode: str = "submission"           # the child's working directory: ingested_program/ or program/
     chunk: int | None = None               # predict in chunks of this many images (a progress bar per set)
     stream: bool = False                   # sets come from a generator while the child predicts
@@ -371,7 +373,8 @@ def _run(spec: RunSpec, sets, folder: _Folder) -> RunResult:
                 show.update(_read_json(progress_file), t_start, feeder.names)
 
         try:
-            ended = run_tree(folder.command(spec), cwd=cwd, env=_child_env(), stdout=stdout_f, stderr=stderr_f,
+            command = (net_prefix() if spec.no_network else []) + folder.command(spec)
+            ended = run_tree(command, cwd=cwd, env=_child_env(), stdout=stdout_f, stderr=stderr_f,
                              time_limit_s=spec.time_limit_s, memory_limit_mb=spec.memory_limit_mb,
                              on_start=feeder.start, on_poll=on_poll)
         except StartError as exc:
@@ -412,6 +415,10 @@ def _run(spec: RunSpec, sets, folder: _Folder) -> RunResult:
         memory_limit_mb=spec.memory_limit_mb, peak_memory_mb=ended.peak_rss_mb,
         images_done=sum(i.get("done", 0) for i in set_info.values()), images_total=sum(sizes))
     result.status, result.message = verdict.status, verdict.message
+    if spec.no_network and not verdict.ok and network_failure(result.stderr):
+        result.message += (f" (it tried to reach the network: {network_failure(result.stderr)}, and --no-network "
+                           "cut it off; on a server without internet it fails the same way: ship what it downloads, "
+                           "e.g. weights fetched at Model(), inside the zip)")
     if verdict.ok:
         result.set_predictions = dict(verdict.labels)
         result.predictions = result.set_predictions[names[0]]
@@ -429,7 +436,7 @@ def run_submission(submission_dir, images, *, n_classes, python=sys.executable, 
 
 def run_sets(submission_dir, sets: Iterable[tuple[str, np.ndarray]], *, n_classes: int, stream: bool = False,
              python: str = sys.executable, time_limit_s: float | None = 600.0,
-             memory_limit_mb: float | None = None, cwd_mode: str = "submission", chunk: int | None = None,
+             memory_limit_mb: float | None = None, no_network: bool = False, cwd_mode: str = "submission", chunk: int | None = None,
              run_dir=None, progress=False, keep_run_dir: bool = False, module: str = "model",
              class_name: str = "Model", profile=None, echo: Callable[[str], None] | None = None) -> RunResult:
     """One process, one Model(), several named image sets predicted in order (e.g. clean + a robustness suite).
@@ -439,9 +446,12 @@ def run_sets(submission_dir, sets: Iterable[tuple[str, np.ndarray]], *, n_classe
     waiting for a set counts against the time limit. The first set's labels are `RunResult.predictions`; all
     are in `set_predictions` (by name), with their predict times in `set_seconds`.
     `run_dir` given: that folder is used and kept; otherwise a temp folder, removed unless `keep_run_dir`.
+    no_network: run it without network access (local_bench.netns; NetworkIsolationError where Linux cannot).
     """
+    if no_network:
+        require_network_isolation()
     spec = RunSpec(submission=submission_dir, n_classes=n_classes, python=python, time_limit_s=time_limit_s,
-                   memory_limit_mb=memory_limit_mb, cwd_mode=cwd_mode, chunk=chunk, stream=stream, module=module,
+                   memory_limit_mb=memory_limit_mb, no_network=no_network, cwd_mode=cwd_mode, chunk=chunk, stream=stream, module=module,
                    class_name=class_name, profile=profile, run_dir=run_dir, keep_run_dir=keep_run_dir,
                    progress=bool(progress), echo=echo)
     return execute(spec, sets)

@@ -56,6 +56,7 @@ margin:1rem auto;background:#fff}
 .sbr pre{background:#f7f7f7;padding:.6rem;overflow:auto;font-size:.8rem;max-height:20rem}
 .sbr img.fig{max-width:100%}
 .sbr .pass{color:#2e7d32;font-weight:600} .sbr .fail{color:#c62828;font-weight:600}
+.sbr .warned{color:#ef6c00;font-weight:600}
 """
 
 

@@ -183,6 +183,12 @@ def test_a_zip_edited_after_build_is_a_warning_the_run_decides(good_files, tmp_p
     files["model.py"] = good_files["model.py"] + (b"\n" if isinstance(good_files["model.py"], bytes) else "\n")
     report = check_zip(write_zip(tmp_path / "edited2.zip", files), PROFILE, live=False)
     assert report.ok and "model.py changed" in report.warnings[0]
+    # the page says so too: a WARN row with the cause, not a PASS
+    from subbench.local_bench.report import render_check
+
+    page = render_check(report)
+    assert '<td class="warned">WARN</td><td>FilesEditedAfterBuild</td>' in page and "model.py changed" in page
+    assert "all checks passed, 1 warning" in page
 
 
 def test_zip_slip(good_files, tmp_path):

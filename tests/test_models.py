@@ -258,7 +258,7 @@ def _layer_kinds(model) -> dict:
 
 
 def test_inverted_residual_blocks_are_cheaper_and_train():
-    """block="inverted": each block 1x1 expansion (4x), 3x3 depthwise, 1x1 projection, each with BatchNorm, a
+    """block="inverted": each block 1x1 expansion (2x), 3x3 depthwise, 1x1 projection, each with BatchNorm, a
     residual Add where the shape is kept; far fewer weights than the basic blocks at the same widths; it trains
     and predicts like any other model. `block` is custom_cnn's only: a named error elsewhere."""
     basic = build_model("custom_cnn", input_size=64)

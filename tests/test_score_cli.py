@@ -137,3 +137,28 @@ def test_missing_server_environment_is_a_named_error(tmp_path):
                           str(npz(tmp_path, images, labels)), "--env", "server"],
                          capture_output=True, text=True, env=env, timeout=120)
     assert res.returncode == 2 and "ServerEnvError" in res.stderr and "subbench env create" in res.stderr
+
+
+DOWNLOADS_AT_INIT = ("import urllib.request\nimport numpy as np\nclass Model:\n    def __init__(self):\n"
+                     "        urllib.request.urlopen('http://example.com/weights.h5', timeout=5)\n"
+                     "    def predict(self, X):\n        return np.zeros(len(X), int)\n")
+
+
+def test_no_network_runs_the_zip_cut_off_and_names_the_download(tmp_path):
+    """--no-network on the profile's run: a zip that needs nothing from the network scores as before; one that
+    downloads at Model() fails with Init_Error, and the message says it tried to reach the network."""
+    from subbench.local_bench.netns import network_isolation
+
+    images, labels = fixture_images(8)
+    data = npz(tmp_path, images, labels)
+    good = write_zip(tmp_path / "sub.zip", {"model.py": PERFECT})
+    downloader = write_zip(tmp_path / "dl.zip", {"model.py": DOWNLOADS_AT_INIT})
+    if not network_isolation()[0]:
+        res = run_cli("score", str(good), "--data", str(data), "--no-network")
+        assert res.returncode == 2 and "--no-network cannot be applied" in res.stderr
+        return
+    res = run_cli("score", str(good), "--data", str(data), "--no-network", "--no-cross-cwd")
+    assert res.returncode == 0, res.stdout + res.stderr
+    res = run_cli("score", str(downloader), "--data", str(data), "--no-network", "--no-cross-cwd")
+    assert res.returncode == 12 and "Init_Error" in res.stdout, res.stdout + res.stderr
+    assert "tried to reach the network" in res.stdout and "--no-network cut it off" in res.stdout

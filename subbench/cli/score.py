@@ -84,7 +84,7 @@ def _run_options(f):
 _OPTION_FIELDS = {"env": "env", "cwd": "cwd", "time_limit": "time_limit_s", "memory_limit": "memory_limit_mb",
                   "chunk": "chunk", "hidden_size": "hidden_size", "server_speed": "server_speed", "split": "split",
                   "use_all": "use_all", "seed": "seed", "cross_cwd": "cross_cwd", "suite_size": "suite_size",
-                  "keep_run_dir": "keep_run_dir", "mce_baseline": "mce_baseline",
+                  "keep_run_dir": "keep_run_dir", "mce_baseline": "mce_baseline", "no_network": "no_network",
                   "explain": "explain", "draws": "draws"}
 
 
@@ -199,9 +199,10 @@ def print_score(s, err: bool = False) -> None:
 @click.option("--strict", is_flag=True, help="With --bundle: competition.yaml keys Codabench does not know (and "
               "ignores) are errors, not warnings.")
 @click.option("--ignore-unknown-keys", is_flag=True, hidden=True, help="Deprecated: the default now.")
-@click.option("--no-network", "no_network", is_flag=True, help="With --bundle: run every program in a network "
-              "namespace of its own (Linux; named error where it cannot be applied), as on a Codabench queue with "
-              "COMPETITION_CONTAINER_NETWORK_DISABLED=true; the worker's default, and subbench's, is network on.")
+@click.option("--no-network", "no_network", is_flag=True, help="Run the submission (with --bundle: every program) "
+              "in a network namespace of its own (Linux; named error where it cannot be applied), as on a Codabench "
+              "queue with COMPETITION_CONTAINER_NETWORK_DISABLED=true: a download at Model() then fails as on a "
+              "server without internet. The worker's default, and subbench's, is network on.")
 def score(zip_path, out, force, as_json, quiet, **kw):
     """Run ZIP exactly as Codabench does, time it, score it and report it.
 
@@ -218,11 +219,6 @@ def score(zip_path, out, force, as_json, quiet, **kw):
         from .bundle import score_bundle_command
 
         return score_bundle_command(zip_path, kw["bundle"], kw, out, force, as_json, quiet)
-    if kw.get("no_network"):
-        from .bundle import BundleOptionError
-
-        raise BundleOptionError("--no-network is not applied to the profile's run yet, only with --bundle",
-                                "drop --no-network, or run the zip through a bundle (`subbench bundle make`)")
     if out:
         check_writable(Path(out), force)  # fail before a long run, not after it
     result = run_score(zip_path, data=kw["data"], simulate_hidden=kw["simulate_hidden"], clean_too=kw["clean_too"],
