@@ -457,55 +457,9 @@ def _link(result: BundleScore, relative: str | None, label: str) -> str:
 def render_bundle_score(r: BundleScore) -> str:
     from subbench.local_bench.report import CSS
 
-    ok = r.ok
-    parts = [f'<div class="sbr"><style>{CSS}</style>',
-             f"<h1>subbench score --bundle: {html.escape(r.name)}</h1>",
-             f'<p class="sub">{_esc(r.bundle.get("title"))} · phase {_esc(r.phase.get("index"))} '
-             f'({_esc(r.phase.get("name"))}) · task {_esc(r.task.get("index"))} ({_esc(r.task.get("name"))}) · '
-             f'{_esc(r.created)}</p>']
-    head = _fmt_value(r.value, next((c.precision for c in r.columns if c.key == r.leaderboard_key), 4))
-    parts.append(f'<div class="headline"><div><div class="sub">{_esc(r.leaderboard_key or "score")}</div>'
-                 f'<p class="score" id="score">{head}</p></div><div><div class="sub">status</div>'
-                 f'<span class="status {"ok" if ok else "bad"}" id="status">{_esc(r.status)}</span></div></div>')
-    if not ok:
-        parts.append(f'<div class="warn loud" id="failure"><b>{_esc(r.failure)}</b> ({_esc(r.failed_step)} step): '
-                     f'{_esc(r.message)}</div>')
-    for w in r.warnings:
-        parts.append(f'<div class="warn">{html.escape(w)}</div>')
-    parts.append('<h2>Leaderboard columns</h2><table id="columns"><tr><th>leaderboard</th><th>column</th>'
-                 '<th>key</th><th>value</th><th>sorting</th></tr>')
-    for c in r.columns:
-        value = _fmt_value(c.value, c.precision) if c.present else '<span class="fail">missing</span>'
-        parts.append(f"<tr><td>{_esc(c.leaderboard)}{'' if c.phase is None else ' · phase ' + _esc(c.phase)}"
-                     f"{'' if c.task is None else ' · task ' + _esc(c.task)}</td>"
-                     f"<td>{_esc(c.title)}</td><td>{_esc(c.key)}</td>"
-                     f"<td>{value}{' (' + c.computed + ')' if c.computed else ''}</td><td>{_esc(c.sorting)}</td></tr>")
-    parts.append("</table>")
-    if r.scores is not None:
-        parts.append(f"<p class=\"sub\">{_esc(r.scores_file)}: <code>{html.escape(json.dumps(r.scores))}</code></p>")
-    if r.detailed_results:
-        parts.append(f'<p id="detailed">Detailed results: {_link(r, r.detailed_results, r.detailed_results)}</p>')
+    parts = [f'<div class="sbr"><style>{CSS}</style>', *_headline_html(r), *_columns_html(r)]
     for s in r.steps:
-        parts.append(f"<h2>{html.escape(s.step.capitalize())} step</h2>")
-        parts.append(f"<p class=\"sub\">{s.elapsed_s:.2f} s of {s.time_limit_s:g} s"
-                     + (f" · output: {_link(r, s.output, s.output)}" if s.output else "") + "</p>")
-        parts.append("<table><tr><th>program</th><th>action</th><th>command</th><th>exit code</th><th>seconds</th>"
-                     "<th>logs</th></tr>")
-        for p in s.programs:
-            logs = " ".join(x for x in (_link(r, p.stdout, "stdout") if p.stdout else "",
-                                        _link(r, p.stderr, "stderr") if p.stderr else "") if x) or "–"
-            parts.append(f"<tr><td>{_esc(p.role)}</td><td>{_esc(p.action)}{' (killed)' if p.killed else ''}</td>"
-                         f"<td><code>{_esc(p.command)}</code></td><td>{_esc(p.exit_code)}</td>"
-                         f"<td>{'–' if p.elapsed_s is None else f'{p.elapsed_s:.2f}'}</td><td>{logs}</td></tr>")
-        parts.append("</table>")
-        for p in s.programs:
-            if p.note:
-                parts.append(f'<div class="warn">{_esc(p.role)}: {html.escape(p.note)}</div>')
-            if p.stderr_tail and (p.exit_code not in (0, None) or p.killed):
-                parts.append(f"<p>Last lines of the {_esc(p.role)}'s stderr:</p><pre>{html.escape(p.stderr_tail)}"
-                             "</pre>")
-        if s.metadata is not None:
-            parts.append(f"<p class=\"sub\">output/metadata: <code>{html.escape(json.dumps(s.metadata))}</code></p>")
+        parts += _step_html(r, s)
     for child in r.children:
         label = (f'Phase {_esc(child.phase.get("index"))} ({_esc(child.phase.get("name"))})'
                  if r.phase.get("name") == "all" else
@@ -520,6 +474,65 @@ def render_bundle_score(r: BundleScore) -> str:
         parts.append(f"<tr><td>{html.escape(k)}</td><td>{_esc(v)}</td></tr>")
     parts.append("</table></div>")
     return "\n".join(parts)
+
+
+def _headline_html(r: BundleScore) -> list[str]:
+    """Title, the leaderboard key's value and the status; the failure and the warnings."""
+    parts = [f"<h1>subbench score --bundle: {html.escape(r.name)}</h1>",
+             f'<p class="sub">{_esc(r.bundle.get("title"))} · phase {_esc(r.phase.get("index"))} '
+             f'({_esc(r.phase.get("name"))}) · task {_esc(r.task.get("index"))} ({_esc(r.task.get("name"))}) · '
+             f'{_esc(r.created)}</p>']
+    head = _fmt_value(r.value, next((c.precision for c in r.columns if c.key == r.leaderboard_key), 4))
+    parts.append(f'<div class="headline"><div><div class="sub">{_esc(r.leaderboard_key or "score")}</div>'
+                 f'<p class="score" id="score">{head}</p></div><div><div class="sub">status</div>'
+                 f'<span class="status {"ok" if r.ok else "bad"}" id="status">{_esc(r.status)}</span></div></div>')
+    if not r.ok:
+        parts.append(f'<div class="warn loud" id="failure"><b>{_esc(r.failure)}</b> ({_esc(r.failed_step)} step): '
+                     f'{_esc(r.message)}</div>')
+    return parts + [f'<div class="warn">{html.escape(w)}</div>' for w in r.warnings]
+
+
+def _columns_html(r: BundleScore) -> list[str]:
+    """The leaderboard columns as the server fills them, the raw scores, the detailed results' link."""
+    parts = ['<h2>Leaderboard columns</h2><table id="columns"><tr><th>leaderboard</th><th>column</th>'
+             '<th>key</th><th>value</th><th>sorting</th></tr>']
+    for c in r.columns:
+        value = _fmt_value(c.value, c.precision) if c.present else '<span class="fail">missing</span>'
+        parts.append(f"<tr><td>{_esc(c.leaderboard)}{'' if c.phase is None else ' · phase ' + _esc(c.phase)}"
+                     f"{'' if c.task is None else ' · task ' + _esc(c.task)}</td>"
+                     f"<td>{_esc(c.title)}</td><td>{_esc(c.key)}</td>"
+                     f"<td>{value}{' (' + c.computed + ')' if c.computed else ''}</td><td>{_esc(c.sorting)}</td></tr>")
+    parts.append("</table>")
+    if r.scores is not None:
+        parts.append(f"<p class=\"sub\">{_esc(r.scores_file)}: <code>{html.escape(json.dumps(r.scores))}</code></p>")
+    if r.detailed_results:
+        parts.append(f'<p id="detailed">Detailed results: {_link(r, r.detailed_results, r.detailed_results)}</p>')
+    return parts
+
+
+def _step_html(r: BundleScore, s) -> list[str]:
+    """One step: its programs (action, command, exit code, seconds, logs), notes, stderr tails, metadata."""
+    parts = [f"<h2>{html.escape(s.step.capitalize())} step</h2>",
+             f"<p class=\"sub\">{s.elapsed_s:.2f} s of {s.time_limit_s:g} s"
+             + (f" · output: {_link(r, s.output, s.output)}" if s.output else "") + "</p>",
+             "<table><tr><th>program</th><th>action</th><th>command</th><th>exit code</th><th>seconds</th>"
+             "<th>logs</th></tr>"]
+    for p in s.programs:
+        logs = " ".join(x for x in (_link(r, p.stdout, "stdout") if p.stdout else "",
+                                    _link(r, p.stderr, "stderr") if p.stderr else "") if x) or "–"
+        parts.append(f"<tr><td>{_esc(p.role)}</td><td>{_esc(p.action)}{' (killed)' if p.killed else ''}</td>"
+                     f"<td><code>{_esc(p.command)}</code></td><td>{_esc(p.exit_code)}</td>"
+                     f"<td>{'–' if p.elapsed_s is None else f'{p.elapsed_s:.2f}'}</td><td>{logs}</td></tr>")
+    parts.append("</table>")
+    for p in s.programs:
+        if p.note:
+            parts.append(f'<div class="warn">{_esc(p.role)}: {html.escape(p.note)}</div>')
+        if p.stderr_tail and (p.exit_code not in (0, None) or p.killed):
+            parts.append(f"<p>Last lines of the {_esc(p.role)}'s stderr:</p><pre>{html.escape(p.stderr_tail)}"
+                         "</pre>")
+    if s.metadata is not None:
+        parts.append(f"<p class=\"sub\">output/metadata: <code>{html.escape(json.dumps(s.metadata))}</code></p>")
+    return parts
 
 
 def render_bundle_info(info: BundleInfo) -> str:

@@ -613,52 +613,26 @@ def run_bundle(bundle: Bundle, submission: Path, phase: BundlePhase, task: Bundl
                         "inside the programs' code do not resolve")
     result = _new_result(bundle, submission, phase, task, limit, python, mode, keep)
 
-    def fail(step: Step, exc: SubmissionException) -> BundleScore:
-        result.status, result.failure, result.message, result.failed_step = \
-            BundleStatus.Failed, exc.failure, exc.message, step.step
-        return result
+    def step(name: str) -> Step:
+        made = Step(workdir / "run" / name, name, task, limit, python, mode, bundle.docker_image, echo,
+                    memory_limit_mb)
+        made.no_network = no_network
+        return made
 
-    steps_root = workdir / "run"
     try:
         echo(f"prediction step: {task.name or 'task ' + str(task.index)} (limit {_fmt_limit(limit)} s, "
              f"/app paths: {mode})")
-        pred = Step(steps_root / "prediction", "prediction", task, limit, python, mode, bundle.docker_image, echo,
-                    memory_limit_mb)
-        pred.no_network = no_network
-        metadata = None
-        try:
-            pred.prepare(submission=submission)
-            pred.start()
-            metadata = pred.push_output()
-        except SubmissionException as exc:
-            return fail(pred, exc)
-        finally:
-            warnings += pred.warnings
-            result.steps.append(pred.result(metadata))
-            _keep(pred, keep)
+        pred = step("prediction")
+        if not _run_step(pred, result, warnings, keep, submission=submission):
+            return result
         for r in pred.runs:
             if r.action == "ran" and r.exit_code not in (0, None):
                 warnings.append(f"the {r.role} exited with code {r.exit_code} in the prediction step; the server "
                                 "goes on to the scoring step anyway")
         echo(f"scoring step (limit {_fmt_limit(limit)} s)")
-        score = Step(steps_root / "scoring", "scoring", task, limit, python, mode, bundle.docker_image, echo,
-                     memory_limit_mb)
-        score.no_network = no_network
-        metadata = None
-        try:
-            score.prepare(prediction_output=pred.output_dir)
-            score.start()
-            scores, result.scores_file = score.push_scores()
-            result.scores = scores if isinstance(scores, (dict, list, str, int, float)) or scores is None \
-                else str(scores)
-            metadata = score.push_output()
-        except SubmissionException as exc:
-            return fail(score, exc)
-        finally:
-            warnings += score.warnings
-            result.steps.append(score.result(metadata))
-            _keep(score, keep)
-            warnings += _keep_detailed(score, keep, result, bundle)
+        score = step("scoring")
+        _run_step(score, result, warnings, keep, prediction_output=pred.output_dir)
+        warnings += _keep_detailed(score, keep, result, bundle)
         return result
     finally:
         result.columns, col_warnings = map_columns(bundle, result.scores)
@@ -666,6 +640,30 @@ def run_bundle(bundle: Bundle, submission: Path, phase: BundlePhase, task: Bundl
         if result.columns:
             result.leaderboard_key, result.value = result.columns[0].key, result.columns[0].value
         result.warnings = list(dict.fromkeys(warnings))
+
+
+def _run_step(step: Step, result: BundleScore, warnings: list[str], keep: Path, **prepare) -> bool:
+    """One worker Run (prepare, start, the scores for the scoring step, push_output) into `result`; False when
+    it failed (result then holds the failure). The step's warnings, result and kept files are recorded either
+    way."""
+    metadata = None
+    try:
+        step.prepare(**prepare)
+        step.start()
+        if step.is_scoring:
+            scores, result.scores_file = step.push_scores()
+            result.scores = scores if isinstance(scores, (dict, list, str, int, float)) or scores is None \
+                else str(scores)
+        metadata = step.push_output()
+        return True
+    except SubmissionException as exc:
+        result.status, result.failure, result.message, result.failed_step = \
+            BundleStatus.Failed, exc.failure, exc.message, step.step
+        return False
+    finally:
+        warnings += step.warnings
+        result.steps.append(step.result(metadata))
+        _keep(step, keep)
 
 
 def _check_runnable(task: BundleTask) -> None:
