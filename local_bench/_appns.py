@@ -1,10 +1,12 @@
 """Run a command with the local run folder mounted at /app/..., as the compute worker's container sees it.
 
 Started as `unshare --mount [--user --map-root-user] python _appns.py --root DIR --bind /app/x=HOST ... --cwd
-/app/program -- command...` (see bundle_worker.AppView). Inside the new mount namespace, private to this process
+/app/program [--private-tmp KEEP1:KEEP2] -- command...` (see bundle_worker.AppView). Inside the new mount namespace, private to this process
 and its children: a tmpfs at DIR receives a recursive bind of every top-level folder of `/` (so the interpreter,
 its libraries, /tmp, /proc and /dev are all there), the `/app/...` folders are created in it and bound to the run
-folder's, then the process chroots into DIR and execs the command. Nothing outside the namespace changes: the
+folder's, with --private-tmp, /tmp is a tmpfs of its own (as in a container: what the programs write there goes with
+the namespace) with the KEEP folders (under the host's /tmp) bound back at their paths; then the process
+chroots into DIR and execs the command. Nothing outside the namespace changes: the
 host has no /app, and the mounts vanish with the last process.
 
 Standard library only; Linux only. Exits 125 with "appns: ..." on stderr when the namespace cannot be set up
@@ -26,7 +28,21 @@ def _mount(libc, source, target, fstype, flags):
         raise OSError(err, "mount %s on %s: %s" % (source, target, os.strerror(err)))
 
 
-def setup(root, binds):
+def private_tmp(libc, root, keep):
+    """A tmpfs of its own at /tmp, as a container has (what a program writes there goes with the namespace),
+    with the host folders in `keep` (the run folder, the interpreter where it lies under /tmp) bound back at
+    their own paths."""
+    tmp = os.path.join(root, "tmp")
+    os.makedirs(tmp, exist_ok=True)
+    _mount(libc, "tmpfs", tmp, "tmpfs", 0)
+    os.chmod(tmp, 0o1777)
+    for host in keep:
+        inside = os.path.join(root, host.lstrip("/"))
+        os.makedirs(inside, exist_ok=True)
+        _mount(libc, host, inside, None, MS_BIND | MS_REC)
+
+
+def setup(root, binds, keep=None):
     libc = ctypes.CDLL(None, use_errno=True)
     _mount(libc, None, "/", None, MS_REC | MS_PRIVATE)
     os.makedirs(root, exist_ok=True)
@@ -50,10 +66,12 @@ def setup(root, binds):
         inside = os.path.join(root, target.lstrip("/"))
         os.makedirs(inside, exist_ok=True)
         _mount(libc, host, inside, None, MS_BIND | MS_REC)
+    if keep is not None:
+        private_tmp(libc, root, keep)
 
 
 def main(argv):
-    root, binds, cwd, i = None, [], "/", 0
+    root, binds, cwd, keep, i = None, [], "/", None, 0
     while i < len(argv) and argv[i] != "--":
         if argv[i] == "--root":
             root, i = argv[i + 1], i + 2
@@ -63,6 +81,8 @@ def main(argv):
             i += 2
         elif argv[i] == "--cwd":
             cwd, i = argv[i + 1], i + 2
+        elif argv[i] == "--private-tmp":
+            keep, i = [k for k in argv[i + 1].split(os.pathsep) if k], i + 2
         else:
             sys.stderr.write("appns: unknown argument %r\n" % argv[i])
             return SETUP_FAILED
@@ -71,7 +91,7 @@ def main(argv):
         sys.stderr.write("appns: usage: _appns.py --root DIR [--bind /app/x=HOST]... [--cwd DIR] -- command...\n")
         return SETUP_FAILED
     try:
-        setup(root, binds)
+        setup(root, binds, keep)
         os.chroot(root)
         os.chdir(cwd)
     except OSError as exc:

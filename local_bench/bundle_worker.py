@@ -55,6 +55,7 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -71,6 +72,7 @@ from subbench.local_bench.bundle_phase import run_all_phases, run_phase
 from subbench.local_bench.bundle_spec import (Bundle, BundleError, BundleFileError, BundlePhase,
                                               BundleSelectionError, BundleTask,
                                               copy_tree, materialize, open_bundle, safe_extract_archive)
+from subbench.local_bench.classify import OOM_PATTERNS
 from subbench.local_bench.netns import net_prefix, network_failure, require_network_isolation
 from subbench.local_bench.proctree import StartError, run_tree
 from subbench.local_bench.stderr_filter import summarize
@@ -207,6 +209,7 @@ class AppView:
     mode: str                        # namespace | rewrite
     mounts: dict[str, Path]          # "/app/program" -> run folder path
     nsroot: Path                     # where the namespace's root is built (namespace mode)
+    keep_in_tmp: tuple = ()          # host folders under /tmp the programs need (the run folder, the interpreter)
 
     def rewrite(self, text: str) -> str:
         def sub(m):
@@ -224,11 +227,22 @@ class AppView:
         binds = []
         for target, host in self.mounts.items():
             binds += ["--bind", f"{target}={host}"]
+        keep = os.pathsep.join(str(k) for k in self.keep_in_tmp)
         return (_unshare_prefix() + [sys.executable, str(_appns_script()), "--root", str(self.nsroot)] + binds
-                + ["--cwd", "/app/program", "--"] + args)
+                + ["--cwd", "/app/program", "--private-tmp", keep, "--"] + args)
 
 
 # ------------------------------------------------------------------------------------------------ interpreter
+def _under_tmp(paths) -> tuple[Path, ...]:
+    """Those of `paths` that lie under /tmp (which the namespace replaces by a tmpfs of its own), resolved."""
+    out = []
+    for p in paths:
+        p = Path(p).resolve()
+        if p.is_relative_to("/tmp") and p != Path("/tmp") and p not in out:
+            out.append(p)
+    return tuple(out)
+
+
 def _write_shims(folder: Path, python: str) -> Path:
     """`python`, `python3`, `python3.X` that exec the chosen interpreter (first on PATH for the programs)."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -416,7 +430,8 @@ class Step:
         raise SubmissionException(SCORING_EXIT_MESSAGE, "Scoring_Program_Failed")
 
     def _argv(self, run: ProgramRun) -> list[str] | None:
-        view = AppView(self.mode, self._mounts(run.kind), self.root / ".subbench" / f"nsroot-{run.kind}")
+        view = AppView(self.mode, self._mounts(run.kind), self.root / ".subbench" / f"nsroot-{run.kind}",
+                       _under_tmp([self.root, Path(self.python).parent.parent]))
         unmounted = view.unmounted(run.command)
         if unmounted:
             run.note = (run.note + "; " if run.note else "") + (
@@ -467,11 +482,24 @@ class Step:
         if "appns: " in text and run.exit_code == 125:
             outcomes[id(run)] = BundleRunError(f"the private /app mounts failed: {text.strip().splitlines()[-1]}",
                                                f"set {APP_MODE_VAR}=rewrite to rewrite the paths instead")
+        self._diagnose(run, text)
+
+    def _diagnose(self, run: ProgramRun, text: str) -> None:
+        """Warnings that name why a program failed, from its exit code and stderr `text`: the network cut off, a
+        kernel OOM kill, a module missing."""
         if self.no_network and network_failure(text):
             self.warnings.append(f"the {run.role} tried to reach the network ({network_failure(text)}) "
                                  "and --no-network cut it off: on a server without internet (a queue with "
                                  "COMPETITION_CONTAINER_NETWORK_DISABLED=true) it fails the same way; ship what it "
                                  "downloads (e.g. weights fetched at Model()) inside the submission")
+        if not run.out_of_memory and (run.exit_code == 128 + signal.SIGKILL and not run.killed
+                                      or run.exit_code not in (0, None) and OOM_PATTERNS.search(text)):
+            why = (f"it ran out of memory ({OOM_PATTERNS.search(text).group(0)})" if OOM_PATTERNS.search(text) else
+                   "it was killed by SIGKILL (exit code 137), not by subbench: on Linux that is the kernel's OOM "
+                   "killer when this machine's memory runs out (`dmesg` tells)")
+            self.warnings.append(f"Out_Of_Memory? the {run.role} exited with code {run.exit_code}: {why}. The "
+                                 "worker reports only the exit code, and whether it happens there depends on its "
+                                 "machine's memory; --memory-limit MB fails it as Out_Of_Memory at a set size")
         module = _missing_module(text)
         if module:
             run.missing_module = module
