@@ -1,7 +1,7 @@
 """Run a command with the local run folder mounted at /app/..., as the compute worker's container sees it.
 
 Started as `unshare --mount [--user --map-root-user] python _appns.py --root DIR --bind /app/x=HOST ... --cwd
-/app/program [--private-tmp KEEP1:KEEP2] -- command...` (see bundle_worker.AppView). Inside the new mount namespace, private to this process
+/app/program [--private-tmp KEEP1:KEEP2] -- command...` (see bundle_mounts.AppView). Inside the new mount namespace, private to this process
 and its children: a tmpfs at DIR receives a recursive bind of every top-level folder of `/` (so the interpreter,
 its libraries, /tmp, /proc and /dev are all there), the `/app/...` folders are created in it and bound to the run
 folder's, with --private-tmp, /tmp is a tmpfs of its own (as in a container: what the programs write there goes with

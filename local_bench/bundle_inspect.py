@@ -10,7 +10,9 @@ from pathlib import Path
 
 from subbench.local_bench.bundle_result import BundleInfo, DataInfo, PhaseInfo, TaskInfo
 from subbench.local_bench.bundle_spec import materialize, open_bundle
-from subbench.local_bench.bundle_worker import APP_PATH, SubmissionException, app_mode, map_columns, read_metadata
+from subbench.local_bench.bundle_mounts import APP_PATH, app_mode
+from subbench.local_bench.bundle_step import SubmissionException, read_metadata
+from subbench.local_bench.bundle_worker import map_columns
 
 
 _IMPORT_PROBE = """

@@ -13,9 +13,11 @@ looks like a UUID is a data set already on the server (`base_unpacker._get_data_
 Keys Codabench does not know: the unpackers ignore them, so here they are a warning naming the key (a
 misspelt `execution_time_limit` silently gives the 600 s default on the server); `strict=True` (`--strict`, for
 organizers checking their own bundle) makes them named errors (`BundleKeyError`). A key whose absence or type the
-unpackers refuse is a `BundleKeyError` with the unpacker's own message. Differences, on purpose: pages, terms and
-the logo are not needed for a local run: their absence
-is a warning, not an error (Codabench refuses the bundle).
+unpackers refuse is a `BundleKeyError` with the unpacker's own message; values go through the coercion of the
+serializers they feed (DRF: "45" and 45.0 are 45, 45.5 is refused; "false" is False; choices, max lengths, the
+columns' and phases' cross checks), with DRF's messages. Differences, on purpose: pages, terms and the logo are not
+needed for a local run: their absence or emptiness is a warning with the server's message, not an error (Codabench
+refuses the bundle); a phase with an empty task list is refused here (the server stores it, its submissions fail).
 """
 
 from __future__ import annotations
@@ -43,34 +45,26 @@ V2_TOP = {"version", "title", "description", "image", "registration_auto_approve
           "enable_detailed_results", "show_detailed_results_in_submission_panel",
           "show_detailed_results_in_leaderboard", "auto_run_submissions", "can_participants_make_submissions_public",
           "make_programs_available", "make_input_data_available", "competition_type", "fact_sheet", "reward",
-          "contact_email", "forum_enabled", "enable_forum", "pages", "terms", "tasks", "solutions", "phases",
-          "leaderboards", "end_date", "allow_robot_submissions", "whitelist_emails", "report"}
-V2_TASK = {"index", "name", "description", "key", "is_public", "ingestion_only_during_scoring", "created_by",
-           *FILE_TYPES}
+          "contact_email", "forum_enabled", "pages", "terms", "tasks", "solutions", "phases", "leaderboards"}
+# `is_public` (tasks), `solutions` (phases) and `index` (leaderboards) are ignored on upload but written by
+# Codabench's own dump (`create_competition_dump`), so a re-uploaded dump gets no warning for them.
+V2_TASK = {"index", "name", "description", "key", "is_public", "ingestion_only_during_scoring", *FILE_TYPES}
 V2_PHASE = {"index", "name", "description", "start", "end", "max_submissions_per_day", "max_submissions",
-            "max_submissions_per_person", "execution_time_limit", "auto_migrate_to_this_phase", "hide_output",
-            "hide_prediction_output", "hide_score_output", "tasks", "solutions", "public_data", "starting_kit",
-            "status", "is_final_phase", "has_max_submissions", "leaderboard"}
+            "execution_time_limit", "auto_migrate_to_this_phase", "hide_output", "hide_prediction_output",
+            "hide_score_output", "tasks", "solutions", "public_data", "starting_kit"}
 V2_SOLUTION = {"index", "name", "description", "key", "path", "tasks"}
-V2_LEADERBOARD = {"index", "title", "key", "hidden", "submission_rule", "columns"}
+V2_LEADERBOARD = {"index", "title", "key", "hidden", "submission_rule", "primary_index", "columns"}
 V2_COLUMN = {"index", "title", "key", "sorting", "computation", "computation_indexes", "hidden", "precision"}
 V1_TOP = {"version", "title", "description", "image", "has_registration", "html", "phases", "leaderboard",
-          "competition_docker_image", "end_date", "admin_names", "allow_public_submissions", "allow_teams",
-          "anonymous_leaderboard", "enable_detailed_results", "show_detailed_results_in_submission_panel",
-          "show_detailed_results_in_leaderboard", "enable_forum", "enable_per_submission_metadata",
-          "force_submission_to_leaderboard", "disallow_leaderboard_modifying", "show_datasets_from_yaml",
-          "auto_run_submissions", "make_programs_available", "make_input_data_available", "queue",
-          "registration_auto_approve", "reward", "hide_top_three", "hide_chart", "allow_organizer_teams",
-          "enable_medical_image_viewer", "is_migrated", "competition_type"}
+          "competition_docker_image", "end_date", "enable_detailed_results", "show_detailed_results_in_submission_panel",
+          "show_detailed_results_in_leaderboard", "auto_run_submissions", "make_programs_available",
+          "make_input_data_available", "queue"}
 V1_PHASE = {"phasenumber", "label", "description", "start_date", "max_submissions", "max_submissions_per_day",
-            "is_scoring_only", "color", "auto_migration", "leaderboard_management_mode", "datasets",
-            "execution_time_limit", "force_best_submission_to_leaderboard", "public_data", "starting_kit",
+            "auto_migration", "execution_time_limit", "public_data", "starting_kit",
             "ingestion_program_only_during_scoring", "hide_output", "hide_prediction_output", "hide_score_output",
-            "default_docker_image", "disable_custom_docker_image", "is_parallel_parent", "parent_phasenumber",
-            "phase_never_ends", "max_submission_size", "is_public", *FILE_TYPES}
+            "is_parallel_parent", "parent_phasenumber", *FILE_TYPES}
 V1_LEADERBOARD = {"label", "rank"}
-V1_COLUMN = {"leaderboard", "label", "rank", "numeric_format", "sort", "hidden", "computed", "selection_default",
-             "show_rank"}
+V1_COLUMN = {"leaderboard", "label", "rank", "numeric_format", "sort", "hidden"}
 
 
 # ------------------------------------------------------------------------------------------------ errors
@@ -172,6 +166,7 @@ class BundleLeaderboardSpec:
     key: str
     title: str
     columns: list[BundleColumn]
+    primary_index: int = 0          # the column index ranked first (Leaderboard.primary_index)
 
 
 @dataclass
@@ -301,30 +296,199 @@ def _single_top_folder(zip_path: Path) -> str | None:
     return None
 
 
-def _as_int(value, where: str, key: str) -> int:
+# Field coercion as Codabench's serializers do it (Django REST framework fields built from the models: Phase,
+# Leaderboard, Column, Task); the messages are DRF's own, prefixed with where the value is.
+DRF_TRUE = {"t", "T", "y", "Y", "yes", "Yes", "YES", "true", "True", "TRUE", "on", "On", "ON", "1", 1, True}
+DRF_FALSE = {"f", "F", "n", "N", "no", "No", "NO", "false", "False", "FALSE", "off", "Off", "OFF", "0", 0, 0.0,
+             False}
+MAX_POSITIVE_INT = 2147483647                            # Django PositiveIntegerField on PostgreSQL
+SORTINGS = ("desc", "asc")                               # leaderboards/models.py Column.SORTING
+COMPUTATIONS = ("avg", "sum", "min", "max")              # Column.COMPUTATION_CHOICES
+SUBMISSION_RULES = ("Add", "Add_And_Delete", "Add_And_Delete_Multiple", "Force_Last", "Force_Latest_Multiple",
+                    "Force_Best")                        # Leaderboard.SUBMISSION_RULES
+FACT_SHEET_KEYS = {"key", "type", "title", "selection", "is_required", "is_on_leaderboard"}
+FACT_SHEET_TYPES = {"checkbox", "text", "select"}
+V2_BOOLS = {"registration_auto_approve": False, "enable_detailed_results": False,
+            "show_detailed_results_in_submission_panel": True, "show_detailed_results_in_leaderboard": True,
+            "auto_run_submissions": True, "can_participants_make_submissions_public": True,
+            "make_programs_available": False, "make_input_data_available": False, "forum_enabled": True}
+
+
+def _refused(where: str, key: str, message: str, hint: str) -> BundleKeyError:
+    return BundleKeyError(f"{where}: {key}: {message}", hint)
+
+
+def _as_int(value, where: str, key: str, min_value: int | None = 0) -> int:
+    """DRF IntegerField: 5, "5" and 5.0 are 5; 5.5, "five" and true are refused; PositiveIntegerField: >= 0."""
+    import re
+
     try:
-        return int(value)
+        if isinstance(value, bool) or value is None:
+            raise ValueError
+        number = int(re.sub(r"\.0*\s*$", "", str(value)))
     except (TypeError, ValueError):
-        raise BundleKeyError(f"{where}: {key} {value!r} is not an integer", f"give {key} as a number") from None
+        raise _refused(where, key, "A valid integer is required.", f"give {key} as a whole number") from None
+    if min_value is not None and number < min_value:
+        raise _refused(where, key, f"Ensure this value is greater than or equal to {min_value}.",
+                       f"give {key} as a number >= {min_value}")
+    if number > MAX_POSITIVE_INT:
+        raise _refused(where, key, f"Ensure this value is less than or equal to {MAX_POSITIVE_INT}.",
+                       f"give {key} as a smaller number")
+    return number
+
+
+def _as_bool(mapping: dict, key: str, default: bool, where: str) -> bool:
+    """DRF BooleanField, fed `mapping.get(key, default)` as the unpackers do: "false" is False, null is refused."""
+    value = mapping.get(key, default)
+    if value is None:
+        raise _refused(where, key, "This field may not be null.", f"give {key} as true or false, or leave it out")
+    try:
+        if value in DRF_TRUE:
+            return True
+        if value in DRF_FALSE:
+            return False
+    except TypeError:           # a list or mapping: not hashable
+        pass
+    raise _refused(where, key, "Must be a valid boolean.", f"give {key} as true or false")
+
+
+def _as_text(mapping: dict, key: str, where: str, max_length: int | None = None) -> str:
+    """DRF CharField of a required model field (required, not null, not blank, max_length)."""
+    if key not in mapping:
+        raise _refused(where, key, "This field is required.", f"add {key!r} to {where} in competition.yaml")
+    value = mapping[key]
+    if value is None:
+        raise _refused(where, key, "This field may not be null.", f"give {where} a {key}")
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise _refused(where, key, "Not a valid string.", f"give {key} as text")
+    text = str(value).strip()
+    if not text:
+        raise _refused(where, key, "This field may not be blank.", f"give {where} a {key}")
+    if max_length and len(text) > max_length:
+        raise _refused(where, key, f"Ensure this field has no more than {max_length} characters.",
+                       f"shorten {key} to {max_length} characters")
+    return text
+
+
+def _as_choice(value, choices, where: str, key: str) -> str:
+    if value not in choices:
+        raise _refused(where, key, f'"{value}" is not a valid choice.', f"{key} is one of {', '.join(choices)}")
+    return value
+
+
+def _as_datetime(value, where: str, key: str):
+    """unpackers/utils.get_datetime: empty is None, a date is midnight, text goes through dateutil's parser."""
+    import datetime as dt
+
+    if not value:
+        return None
+    if isinstance(value, dt.datetime):
+        return value.replace(tzinfo=None)
+    if isinstance(value, dt.date):
+        return dt.datetime.combine(value, dt.time())
+    try:
+        from dateutil import parser
+        return parser.parse(value).replace(tzinfo=None)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise BundleKeyError(f"{where}: {key} {value!r} is not a date Codabench can read (the upload fails: {exc})",
+                             f"give {key} as a date, e.g. 2024-01-31 or '2024-01-31 12:00'") from None
+
+
+def _server_file(r: _Reader, value, where: str, kind: str) -> None:
+    """base_unpacker._get_data_key: any file or folder in the bundle, else a data set key already on the server."""
+    name = str(value).strip()
+    if (r.root / name.strip("/")).exists():
+        return
+    try:
+        uuid.UUID(name)
+    except ValueError:
+        raise BundleFileError(f"{where}: {kind} {name!r} is not in the bundle (Codabench says: Cannot find dataset: "
+                              f"\"{name}\")", "put the file or folder at that path, or remove the key") from None
+
+
+def _check_pages(y: dict, r: _Reader) -> None:
+    """V2Unpacker._unpack_pages and _unpack_terms: not needed locally, so the server's refusals are warnings."""
+    pages = y.get("pages")
+    if not isinstance(pages, list):
+        r.warnings.append("competition.yaml has no `pages:` list: Codabench's upload fails on it (its unpacker "
+                          "walks the list; give `pages: []` for none)")
+        pages = []
+    for i, page in enumerate(pages):
+        name = page.get("file") if isinstance(page, dict) else None
+        if not name:
+            r.warnings.append(f"pages[{i}] has no 'file': Codabench's upload fails on it")
+        else:
+            r.warnings.extend(_page_problem(r, name, f"Unable to find page: {name}",
+                                            f"Page '{name}' is empty, it must contain content."))
+    terms = y.get("terms")
+    if not terms:
+        r.warnings.append("competition.yaml has no 'terms': Codabench refuses such a bundle on upload (A file "
+                          "containing the terms of this competition has not been supplied in the required location)")
+    else:
+        r.warnings.extend(_page_problem(r, terms, f"Unable to find page: {terms}",
+                                        f"{terms} is empty, it must contain content."))
+
+
+def _page_problem(r: _Reader, name, missing: str, empty: str) -> list[str]:
+    path = r.root / str(name).strip("/")
+    if not path.is_file():
+        return [f"{missing}: Codabench refuses such a bundle on upload"]
+    if path.stat().st_size == 0:
+        return [f"{empty} (Codabench refuses such a bundle on upload)"]
+    return []
+
+
+def _check_fact_sheet(fact_sheet) -> None:
+    """CompetitionSerializer.validate_fact_sheet, with its messages."""
+    if not fact_sheet:
+        return
+    hint = "each fact_sheet question has key, type (checkbox, text or select), title, selection, is_required, " \
+           "is_on_leaderboard"
+    if not isinstance(fact_sheet, dict):
+        raise BundleKeyError("fact_sheet: Not valid JSON", hint)
+    for key, value in fact_sheet.items():
+        if not isinstance(value, dict):
+            raise BundleKeyError(f"fact_sheet: question {key!r} is not a mapping (the upload fails)", hint)
+        missing = FACT_SHEET_KEYS.symmetric_difference(set(value))
+        if missing:
+            raise BundleKeyError(f"fact_sheet: Missing {missing} values for {key}", hint)
+        if key != value["key"]:
+            raise BundleKeyError(f"fact_sheet: key:{value['key']}  does not match JSON key:{key}", hint)
+        if value["type"] not in FACT_SHEET_TYPES:
+            raise BundleKeyError(f"fact_sheet: {value['type']} is not a valid question type", hint)
 
 
 def _read_v2(y: dict, r: _Reader) -> dict:
     r.unknown("competition.yaml", y, V2_TOP)
-    tasks: dict[int, BundleTask] = {}
+    for key, default in V2_BOOLS.items():
+        _as_bool(y, key, default, "competition.yaml")
+    _check_fact_sheet(y.get("fact_sheet"))
+    _check_pages(y, r)
+    tasks = _read_v2_tasks(y, r)
+    solutions = _read_v2_solutions(y, r, tasks)
+    phases = _read_v2_phases(y, r, tasks)
+    leaderboards = _read_v2_leaderboards(y, r)
+    return dict(docker_image=str(y.get("docker_image") or DEFAULT_DOCKER_IMAGE), tasks=tasks, phases=phases, leaderboards=leaderboards,
+                solutions=solutions)
+
+
+def _read_v2_tasks(y: dict, r: _Reader) -> dict[int, BundleTask]:
+    """V2Unpacker._unpack_tasks."""
     raw_tasks = y.get("tasks")
     if not raw_tasks:
         raise BundleKeyError("No tasks listed in this competition", "add a `tasks:` list to competition.yaml")
+    tasks: dict[int, BundleTask] = {}
     for i, t in enumerate(raw_tasks):
         where = f"tasks[{i}]"
         r.unknown(where, t, V2_TASK)
         if "index" not in t:
             raise BundleKeyError(f"ERROR: No index for task: {t.get('name') or t.get('key')}",
                                  f"add `index:` to {where}")
-        index = _as_int(t["index"], where, "index")
+        index = _as_int(t["index"], where, "index", min_value=None)
         if index in tasks:
             raise BundleKeyError(f"ERROR: Duplicate task indexes. Index: {index}", "give each task its own index")
-        task = BundleTask(index, t.get("name"), ingestion_only_during_scoring=bool(t.get("ingestion_only_during_scoring",
-                                                                                           False)))
+        task = BundleTask(index, t.get("name"),
+                          ingestion_only_during_scoring=_as_bool(t, "ingestion_only_during_scoring", False, where))
         if "key" in t:
             task.server_key = str(t["key"])
         else:
@@ -335,6 +499,11 @@ def _read_v2(y: dict, r: _Reader) -> dict:
                     raise BundleKeyError(f'ERROR: Task "{t.get("name") or index}" does not have a scoring program',
                                          f"add `scoring_program:` to {where}")
         tasks[index] = task
+    return tasks
+
+
+def _read_v2_solutions(y: dict, r: _Reader, tasks: dict[int, BundleTask]) -> list[dict]:
+    """V2Unpacker._unpack_solutions; a solution's file must be in the bundle (`_get_data_key`)."""
     solutions = []
     for i, s in enumerate(y.get("solutions") or []):
         where = f"solutions[{i}]"
@@ -348,16 +517,23 @@ def _read_v2(y: dict, r: _Reader) -> dict:
         entry = {"index": s["index"], "name": s.get("name"), "tasks": list(stasks)}
         if "key" not in s:
             entry["path"] = str(r.require(s, "path", where, f'Solution {s.get("name")} missing "path"'))
-            if not (r.root / entry["path"].strip("/")).exists():
-                r.warnings.append(f"solution {entry['path']!r} is not in the bundle")
+            _server_file(r, entry["path"], where, "solution")
         solutions.append(entry)
+    return solutions
+
+
+def _read_v2_phases(y: dict, r: _Reader, tasks: dict[int, BundleTask]) -> list[BundlePhase]:
+    """V2Unpacker._unpack_phases: sorted by index, then numbered 0..n-1; dates checked in order."""
     raw_phases = y.get("phases")
     if raw_phases is None:
         raise BundleKeyError("Unable to find any phases for this competition", "add a `phases:` list")
+    if not raw_phases:
+        raise BundleKeyError("phases: Competitions must have at least one phase", "add a phase to `phases:`")
     for i, p in enumerate(raw_phases):
         r.unknown(f"phases[{i}]", p, V2_PHASE)
-    phases = []
-    for index, p in enumerate(sorted(raw_phases, key=lambda p: p.get("index", 0))):
+    phases, dates = [], []
+    for index, p in enumerate(sorted(raw_phases, key=lambda p: _as_int(p.get("index", 0), "phases", "index",
+                                                                                    min_value=None))):
         where = f"phase {p.get('name') or index}"
         ptasks = r.require(p, "tasks", where, "Phases must contain at least one task to be valid")
         if not ptasks:
@@ -366,34 +542,144 @@ def _read_v2(y: dict, r: _Reader) -> dict:
             if ti not in tasks:
                 raise BundleKeyError(f"{where} names task {ti!r}, which is not in `tasks`",
                                      f"tasks are {sorted(tasks)}")
+        _as_text(p, "name", where, 256)
+        start, end = _as_datetime(p.get("start"), where, "start"), _as_datetime(p.get("end"), where, "end")
+        if start is None:
+            raise _refused(where, "start", "This field may not be null.",
+                           "give the phase a start date (Codabench's upload fails without one)")
+        for key in ("max_submissions_per_day", "max_submissions"):
+            if p.get(key) is not None:
+                _as_int(p[key], where, key)
+        for key in ("auto_migrate_to_this_phase", "hide_output", "hide_prediction_output", "hide_score_output"):
+            _as_bool(p, key, False, where)
+        for kind in ("public_data", "starting_kit"):
+            if kind in p:
+                _server_file(r, p[kind], where, kind)
         limit = p.get("execution_time_limit")
         phases.append(BundlePhase(index, p.get("name"), [int(t) for t in ptasks],
                                   _as_int(limit, where, "execution_time_limit") if limit else DEFAULT_TIME_LIMIT_S,
                                   _text(p.get("start")), _text(p.get("end"))))
+        dates.append((p.get("name", index), start, end, _as_bool(p, "auto_migrate_to_this_phase", False, where)))
+    _check_phase_order(dates)
+    return phases
+
+
+def _check_phase_order(dates: list[tuple]) -> None:
+    """BaseUnpacker._validate_phase_ordering and CompetitionSerializer.validate_phases, with their messages."""
+    hint = "each phase but the last needs an end, before the next phase's start"
+    for (name1, _, end1, _), (name2, start2, _, _) in zip(dates, dates[1:]):
+        if end1 is None:
+            raise BundleKeyError(f"Phase: {name1} must have an end time because it has a phase after it.", hint)
+        if start2 < end1:
+            raise BundleKeyError(f"Phases must be sequential. Phase: {name2}starts before Phase: {name1} has ended",
+                                 hint)
+        if start2 == end1:
+            raise BundleKeyError(f"Phases dates conflict. Phase: {name2} should start after Phase: {name1} has ended",
+                                 hint)
+    if len(dates) == 1 and dates[0][3]:
+        raise BundleKeyError("phases: You cannot auto migrate in a competition with one phase",
+                             "remove auto_migrate_to_this_phase")
+    if dates and dates[0][3]:
+        raise BundleKeyError("phases: You cannot auto migrate to the first phase of a competition",
+                             "remove auto_migrate_to_this_phase from the first phase")
+
+
+def _read_v2_leaderboards(y: dict, r: _Reader) -> list[BundleLeaderboardSpec]:
+    """V2Unpacker._unpack_leaderboards + LeaderboardSerializer; every phase gets the first leaderboard."""
     if "leaderboards" not in y:
         raise BundleKeyError("Could not find leaderboards in the competition yaml", "add a `leaderboards:` list")
+    raw = y.get("leaderboards")
+    if not raw or not isinstance(raw, list):
+        raise BundleKeyError("leaderboards: Competitions require at least 1 leaderboard (the upload fails)",
+                             "give `leaderboards:` a list with one leaderboard and its columns")
+    if len(raw) > 1:
+        r.warnings.append(f"competition.yaml has {len(raw)} leaderboards: Codabench attaches only the first to the "
+                          "phases; the others show nowhere")
     leaderboards = []
-    for i, lb in enumerate(y.get("leaderboards") or []):
+    for i, lb in enumerate(raw):
         where = f"leaderboards[{i}]"
         r.unknown(where, lb, V2_LEADERBOARD)
-        cols = []
-        for j, c in enumerate(lb.get("columns") or []):
-            cw = f"{where}.columns[{j}]"
-            r.unknown(cw, c, V2_COLUMN)
-            key = str(r.require(c, "key", cw))
-            cols.append(BundleColumn(key, str(c.get("title") or key), _as_int(c.get("index", j), cw, "index"),
-                                     str(c.get("sorting") or "desc"), c.get("computation"),
-                                     c.get("computation_indexes"), bool(c.get("hidden", False)),
-                                     _as_int(c.get("precision", 2), cw, "precision")))
+        title, key = _as_text(lb, "title", where, 64), _as_text(lb, "key", where, 36)
+        _as_bool(lb, "hidden", False, where)
+        _as_choice(lb.get("submission_rule", "Add"), SUBMISSION_RULES, where, "submission_rule")
+        primary = _as_int(lb.get("primary_index", 0), where, "primary_index")
+        cols = [_read_v2_column(c, f"{where}.columns[{j}]", r) for j, c in enumerate(lb.get("columns") or [])]
+        _check_columns(cols, where)
         cols.sort(key=lambda c: c.index)
-        leaderboards.append(BundleLeaderboardSpec(str(lb.get("key") or lb.get("title") or i),
-                                                  str(lb.get("title") or lb.get("key") or i), cols))
-    return dict(docker_image=str(y.get("docker_image") or DEFAULT_DOCKER_IMAGE), tasks=tasks, phases=phases,
-                leaderboards=leaderboards, solutions=solutions)
+        leaderboards.append(BundleLeaderboardSpec(key, title, cols, primary))
+    return leaderboards
+
+
+def _read_v2_column(c, where: str, r: _Reader) -> BundleColumn:
+    """ColumnSerializer's fields: title, key and index required; sorting and computation from their choices."""
+    r.unknown(where, c, V2_COLUMN)
+    computation = c.get("computation")
+    if computation is not None:
+        _as_choice(computation, COMPUTATIONS, where, "computation")
+    indexes = c.get("computation_indexes")
+    if isinstance(indexes, str):
+        indexes = [i.strip() for i in indexes.split(",") if i.strip()]
+    if "index" not in c:
+        raise _refused(where, "index", "This field is required.", f"add `index:` to {where}")
+    return BundleColumn(_as_text(c, "key", where, 36), _as_text(c, "title", where, 36),
+                        _as_int(c["index"], where, "index"),
+                        _as_choice(c.get("sorting", "desc"), SORTINGS, where, "sorting"), computation,
+                        list(indexes) if indexes else None, _as_bool(c, "hidden", False, where),
+                        _as_int(c.get("precision", 2), where, "precision", min_value=None))
+
+
+def _check_columns(cols: list[BundleColumn], where: str) -> None:
+    """LeaderboardSerializer.validate_columns and ColumnSerializer.validate, with their messages."""
+    hint = "see the Codabench docs: Leaderboards and columns"
+    if not cols:
+        raise BundleKeyError(f"{where}: columns: Leaderboards require at least 1 column", hint)
+    indexes = [c.index for c in cols]
+    if len(set(indexes)) != len(cols):
+        raise BundleKeyError(f"{where}: columns: Columns must have unique indexes!", hint)
+    if len({c.key for c in cols}) != len(cols):
+        raise BundleKeyError(f"{where}: columns: Columns must have unique keys!", hint)
+    for c in cols:
+        if c.computation and not c.computation_indexes:
+            raise BundleKeyError(f"{where}: Column with computation must have at least 1 column selected for the "
+                                 "computation to act upon", hint)
+        if c.computation_indexes and not c.computation:
+            raise BundleKeyError(f"{where}: Cannot add computation columns without a computation function set", hint)
+        for index in c.computation_indexes or []:
+            if str(index) == str(c.index):
+                raise BundleKeyError(f"{where}: Column with index {c.index} referencing itself. Cannot self-reference, "
+                                     "must be other columns.", hint)
+            try:
+                if int(index) not in indexes:
+                    raise BundleKeyError(f"{where}: columns: Column index {index} does not exist in available indexes "
+                                         f"{indexes}", hint)
+            except (TypeError, ValueError):
+                raise BundleKeyError(f"{where}: columns: Bad value for index, should be an integer but received: "
+                                     f"{index}.", hint) from None
 
 
 def _read_v1(y: dict, r: _Reader) -> dict:
     r.unknown("competition.yaml", y, V1_TOP)
+    html = y.get("html")
+    if not isinstance(html, dict):
+        r.warnings.append("competition.yaml has no `html:` pages: Codabench refuses such a bundle on upload (HTML pages "
+                          "could not be found in the yaml file)")
+    else:
+        if "terms" not in html:
+            r.warnings.append("html has no 'terms' page: Codabench refuses such a bundle on upload (A file containing "
+                              "the terms of the competition could not be located for this competition)")
+        for title, path in html.items():
+            if not (r.root / str(path).strip("/")).is_file():
+                r.warnings.append(f"Could not find file for page: {title}: Codabench refuses such a bundle on upload")
+    tasks, phases = _read_v1_phases(y, r)
+    return dict(docker_image=str(y.get("competition_docker_image") or DEFAULT_DOCKER_IMAGE), tasks=tasks,
+                phases=phases, leaderboards=_read_v1_leaderboards(y, r), solutions=[])
+
+
+def _read_v1_phases(y: dict, r: _Reader) -> tuple[dict[int, BundleTask], list[BundlePhase]]:
+    """V15Unpacker._unpack_phases: sorted by phasenumber, v1.8 parent dropped, one task per phase; a phase ends a
+    day before the next one starts, the last at the competition's end_date."""
+    import datetime as dt
+
     raw = y.get("phases")
     if not raw:
         raise BundleKeyError("No phases could be found for this competition", "add a numbered `phases:` mapping")
@@ -407,23 +693,48 @@ def _read_v1(y: dict, r: _Reader) -> dict:
     ordered = sorted(raw.values(), key=lambda p: p["phasenumber"])
     if any(p.get("is_parallel_parent") or p.get("parent_phasenumber") for p in ordered):
         ordered = ordered[1:]  # v1.8: the first phase is the parent phase (V15Unpacker._preprocess_phases)
+    starts = []
+    for p in ordered:
+        where = f"phase {p['phasenumber']}"
+        start = _as_datetime(p.get("start_date"), where, "start_date")
+        if start is None:
+            raise _refused(where, "start_date", "This field may not be null.",
+                           "give the phase a start_date (Codabench's upload fails without one)")
+        starts.append(start)
+    end_date = y.get("end_date")
+    last_end = _as_datetime(end_date, "competition.yaml", "end_date") if end_date != "null" else None
     tasks: dict[int, BundleTask] = {}
     phases = []
     for index, p in enumerate(ordered):
         where = f"phase {p['phasenumber']}"
         label = r.require(p, "label", where)
-        task = BundleTask(index, f"{label} Task",
-                          ingestion_only_during_scoring=bool(p.get("ingestion_program_only_during_scoring", False)))
+        task = BundleTask(index, f"{label} Task", ingestion_only_during_scoring=_as_bool(
+            p, "ingestion_program_only_during_scoring", False, where))
         for kind in FILE_TYPES:
             if p.get(kind):
                 task.files[kind] = r.ref(kind, p[kind], where)
         if "scoring_program" not in task.files:
             r.warnings.append(f"{where} ({label}) has no scoring_program: submissions to it cannot be scored")
+        for kind in ("public_data", "starting_kit"):
+            if kind in p:
+                _server_file(r, p[kind], where, kind)
         tasks[index] = task
         limit = p.get("execution_time_limit")
+        end = starts[index + 1] - dt.timedelta(days=1) if index + 1 < len(starts) else last_end
         phases.append(BundlePhase(index, str(label), [index],
                                   _as_int(limit, where, "execution_time_limit") if limit else DEFAULT_TIME_LIMIT_S,
-                                  _text(p.get("start_date")), None))
+                                  _text(p.get("start_date")), _date_text(end)))
+    return tasks, phases
+
+
+def _date_text(value) -> str | None:
+    if value is None:
+        return None
+    return value.strftime("%Y-%m-%d") if value.time() == value.min.time() else value.isoformat(sep=" ")
+
+
+def _read_v1_leaderboards(y: dict, r: _Reader) -> list[BundleLeaderboardSpec]:
+    """V15Unpacker._unpack_leaderboards: columns sorted by rank, placed on the leaderboard whose label they name."""
     lb = y.get("leaderboard")
     if lb is None:
         raise BundleKeyError("Could not find leaderboard in the competition yaml", "add a `leaderboard:` mapping")
@@ -435,26 +746,35 @@ def _read_v1(y: dict, r: _Reader) -> dict:
                              "add `leaderboard: columns:` to competition.yaml")
     boards = []
     for key, data in (lb["leaderboards"] or {}).items():
-        r.unknown(f"leaderboard.leaderboards[{key}]", data, V1_LEADERBOARD)
-        boards.append(BundleLeaderboardSpec(str(key), str(data.get("label", key)), []))
+        where = f"leaderboard.leaderboards[{key}]"
+        r.unknown(where, data, V1_LEADERBOARD)
+        boards.append(BundleLeaderboardSpec(str(key), str(r.require(data, "label", where)), []))
+    if not boards:
+        raise BundleKeyError("leaderboard.leaderboards: Competitions require at least 1 leaderboard (the upload fails)",
+                             "declare a leaderboard under `leaderboard: leaderboards:`")
     columns = sorted(({"title": k, **v} for k, v in (lb["columns"] or {}).items()), key=lambda c: c.get("rank", 1))
     for index, c in enumerate(columns):
         where = f"leaderboard.columns[{c['title']}]"
         r.unknown(where, {k: v for k, v in c.items() if k != "title"}, V1_COLUMN)
-        col = BundleColumn(str(c["title"]), str(c.get("label", c["title"])), index, str(c.get("sort") or "desc"),
-                           None, None, bool(c.get("hidden", False)),
-                           _as_int(c.get("numeric_format", 2), where, "numeric_format"))
-        owner = (c.get("leaderboard") or {}).get("label")
-        placed = False
-        for board in boards:
-            if owner is not None and str(owner).lower() == board.title.lower():
-                board.columns.append(col)
-                placed = True
+        col = BundleColumn(str(c["title"]), str(c.get("label", c["title"])), index,
+                           _as_choice(c.get("sort") or "desc", SORTINGS, where, "sort"), None, None,
+                           _as_bool(c, "hidden", False, where),
+                           _as_int(c.get("numeric_format", 2), where, "numeric_format", min_value=None))
+        owner = (c.get("leaderboard") or {}).get("label") if isinstance(c.get("leaderboard"), dict) else None
+        if owner is None:
+            raise BundleKeyError(f"{where} names no leaderboard (the upload fails on it)",
+                                 "give the column `leaderboard: *RESULTS` (the leaderboard's anchor)")
+        placed = [board for board in boards if str(owner).lower() == board.title.lower()]
+        for board in placed:
+            board.columns.append(col)
         if not placed:
             r.warnings.append(f"leaderboard column {c['title']!r} names leaderboard {owner!r}, which is not declared: "
                               "Codabench shows it nowhere")
-    return dict(docker_image=str(y.get("competition_docker_image") or DEFAULT_DOCKER_IMAGE), tasks=tasks,
-                phases=phases, leaderboards=boards, solutions=[])
+    for board in boards:
+        if not board.columns:
+            raise BundleKeyError(f"leaderboard {board.key}: columns: Leaderboards require at least 1 column",
+                                 "place a column on it (`leaderboard: *ITS_ANCHOR`)")
+    return boards
 
 
 MAX_YAML_NODES = 1_000_000   # expanded nodes; a real competition.yaml has a few hundred
@@ -513,24 +833,28 @@ def open_bundle(path: str | os.PathLike, workdir: str | os.PathLike, strict: boo
                              "fix the syntax error it names") from None
     if not isinstance(y, dict):
         raise BundleKeyError("competition.yaml is not a mapping of keys", "see the Codabench Yaml Structure docs")
-    version = str(y.get("version", "1"))
+    version = str(y.get("version", "1"))    # tasks.unpack_competition: exactly '1', '1.5' or '2' ("2.0" is refused)
     reader = _Reader(root, strict)
-    if version in ("1", "1.5", "1.0"):
+    if version in ("1", "1.5"):
         parts = _read_v1(y, reader)
-    elif version in ("2", "2.0"):
+    elif version == "2":
         parts = _read_v2(y, reader)
     else:
         raise BundleKeyError(f"version {version!r}: A suitable version could not be found for this competition. Make "
                              "sure one is supplied in the yaml.", "use `version: 2` (or 1.5 for legacy Codalab)")
-    for key in ("title", "image") + (("terms",) if version.startswith("2") else ()):
-        if not y.get(key):
-            reader.warnings.append(f"competition.yaml has no {key!r}: Codabench refuses such a bundle on upload")
+    if not y.get("title"):
+        reader.warnings.append("competition.yaml has no 'title': Codabench refuses such a bundle on upload (title: "
+                               "This field may not be null.)")
     image = y.get("image")
-    if image and not (root / str(image)).is_file():
-        reader.warnings.append(f"the logo {image!r} is not in the bundle: Codabench refuses such a bundle on upload")
+    if not image:
+        reader.warnings.append("competition.yaml has no 'image': Codabench refuses such a bundle on upload (An image "
+                               "for this competition could not be found in the yaml)")
+    elif not (root / str(image)).is_file():
+        reader.warnings.append(f"the logo {image!r} is not in the bundle: Codabench refuses such a bundle on upload "
+                               f"(Unable to find image: {image})")
     return Bundle(root=root, source=str(src), version=version, title=y.get("title"), queue=_text(y.get("queue")),
-                  enable_detailed_results=bool(y.get("enable_detailed_results", False)), warnings=reader.warnings,
-                  **parts)
+                  enable_detailed_results=_as_bool(y, "enable_detailed_results", False, "competition.yaml"),
+                  warnings=reader.warnings, **parts)
 
 
 def materialize(ref: DataRef, dest: Path) -> Path:

@@ -24,7 +24,8 @@ from conftest import run_cli, write_zip
 from subbench import api
 from subbench.local_bench.bundle_result import FAILURES, BundleScore, failure_exit_code
 from subbench.local_bench.bundle_spec import BundleFileError, BundleKeyError, BundleSelectionError, open_bundle
-from subbench.local_bench.bundle_worker import app_mode, replace_legacy_metadata_command
+from subbench.local_bench.bundle_mounts import app_mode
+from subbench.local_bench.bundle_step import replace_legacy_metadata_command
 from subbench.local_bench.safezip import ZipSlipError, ZipSymlinkError
 from test_runner import PERFECT, _alive_with, fixture_images
 from test_score import ALMOST, npz
@@ -889,3 +890,132 @@ def test_python_api_returns_the_typed_result_that_renders_inline(tmp_path):
     assert isinstance(r, subbench.BundleScore) and r.ok and r.value == 1.0
     page = r._repr_html_()
     assert 'class="sbr"' in page and 'id="score">1.000<' in page and 'id="status">Finished<' in page
+
+
+# ------------------------------------------------------------------------------------------------ the server's rules
+# codalab/codabench unpackers/v2.py (8239d01), v1.py (02694da), base_unpacker.py (c7aeccf), the competition and
+# leaderboard serializers: what the upload accepts is read, what it refuses is a named error with its message.
+def _v2_case(tmp_path, change, name="case"):
+    folder = v2_bundle(tmp_path, name, as_zip=False)
+    _spec(folder, change)
+    return folder
+
+
+@pytest.mark.parametrize("change, words", [
+    (lambda s: s.update(version=2.0), "A suitable version could not be found"),
+    (lambda s: s["phases"][0].pop("start"), "start: This field may not be null."),
+    (lambda s: s["phases"][0].update(start="the first of May"), "is not a date Codabench can read"),
+    (lambda s: s["phases"][0].update(execution_time_limit=30.5), "execution_time_limit: A valid integer is required."),
+    (lambda s: s["phases"][0].update(execution_time_limit=-5), "greater than or equal to 0"),
+    (lambda s: s["phases"][0].update(max_submissions="many"), "max_submissions: A valid integer is required."),
+    (lambda s: s["phases"][0].update(auto_migrate_to_this_phase=True),
+     "You cannot auto migrate in a competition with one phase"),
+    (lambda s: s["phases"].append({**s["phases"][0], "index": 1, "name": "Final", "start": "2024-06-01"}),
+     "Phase: Development must have an end time because it has a phase after it."),
+    (lambda s: s["phases"].append({**s["phases"][0], "index": 1, "name": "Final", "start": "2024-01-15"})
+     or s["phases"][0].update(end="2024-02-01"), "Phases must be sequential. Phase: Finalstarts before"),
+    (lambda s: s["phases"].append({**s["phases"][0], "index": 1, "name": "Final", "start": "2024-02-01"})
+     or s["phases"][0].update(end="2024-02-01"), "Phases dates conflict. Phase: Final should start after"),
+    (lambda s: s["phases"][0].update(public_data="public.zip"), 'Cannot find dataset: "public.zip"'),
+    (lambda s: s.update(solutions=[{"index": 0, "tasks": [0], "path": "solution"}]), 'Cannot find dataset: "solution"'),
+    (lambda s: s.update(enable_detailed_results="maybe"), "enable_detailed_results: Must be a valid boolean."),
+    (lambda s: s.update(auto_run_submissions=None), "auto_run_submissions: This field may not be null."),
+    (lambda s: s["tasks"][0].update(ingestion_only_during_scoring="sometimes"), "Must be a valid boolean."),
+    (lambda s: s.update(leaderboards=[]), "Competitions require at least 1 leaderboard"),
+    (lambda s: s["leaderboards"][0].pop("key"), "key: This field is required."),
+    (lambda s: s["leaderboards"][0].update(title="x" * 65), "no more than 64 characters"),
+    (lambda s: s["leaderboards"][0].update(submission_rule="Best"), '"Best" is not a valid choice.'),
+    (lambda s: s["leaderboards"][0].update(columns=[]), "Leaderboards require at least 1 column"),
+    (lambda s: s["leaderboards"][0]["columns"][1].update(index=0), "Columns must have unique indexes!"),
+    (lambda s: s["leaderboards"][0]["columns"][1].update(key="accuracy"), "Columns must have unique keys!"),
+    (lambda s: s["leaderboards"][0]["columns"][0].pop("title"), "title: This field is required."),
+    (lambda s: s["leaderboards"][0]["columns"][0].pop("index"), "index: This field is required."),
+    (lambda s: s["leaderboards"][0]["columns"][0].update(sorting="descending"), '"descending" is not a valid choice.'),
+    (lambda s: s["leaderboards"][0]["columns"][0].update(computation="median", computation_indexes=[1]),
+     '"median" is not a valid choice.'),
+    (lambda s: s["leaderboards"][0]["columns"][0].update(computation="avg"),
+     "Column with computation must have at least 1 column selected"),
+    (lambda s: s["leaderboards"][0]["columns"][0].update(computation_indexes=[1]),
+     "Cannot add computation columns without a computation function set"),
+    (lambda s: s["leaderboards"][0]["columns"][0].update(computation="avg", computation_indexes=[0, 1]),
+     "Column with index 0 referencing itself"),
+    (lambda s: s["leaderboards"][0]["columns"][0].update(computation="avg", computation_indexes=[7]),
+     "Column index 7 does not exist in available indexes [0, 1]"),
+    (lambda s: s.update(fact_sheet=["a question"]), "fact_sheet: Not valid JSON"),
+    (lambda s: s.update(fact_sheet={"q": {"key": "q", "type": "text", "title": "Q"}}), "fact_sheet: Missing"),
+    (lambda s: s.update(fact_sheet={"q": {"key": "r", "type": "text", "title": "Q", "selection": [""],
+                                          "is_required": "false", "is_on_leaderboard": "false"}}),
+     "key:r  does not match JSON key:q"),
+    (lambda s: s.update(fact_sheet={"q": {"key": "q", "type": "radio", "title": "Q", "selection": [""],
+                                          "is_required": "false", "is_on_leaderboard": "false"}}),
+     "radio is not a valid question type"),
+])
+def test_v2_values_the_server_refuses_are_named_errors_with_its_message(tmp_path, change, words):
+    folder = _v2_case(tmp_path, change)
+    with pytest.raises((BundleKeyError, BundleFileError)) as err:
+        open_bundle(folder, tmp_path / "w")
+    assert words in str(err.value), str(err.value)
+
+
+def test_v2_values_the_server_coerces_are_read_as_it_reads_them(tmp_path):
+    def change(s):
+        s.update(enable_detailed_results="false", fact_sheet={"q": {
+            "key": "q", "type": "text", "title": "Q", "selection": [""], "is_required": "false",
+            "is_on_leaderboard": "false"}}, pages=[{"title": "Overview", "file": "terms.md"}])
+        s["tasks"][0]["ingestion_only_during_scoring"] = "no"
+        s["phases"][0].update(execution_time_limit="45", max_submissions="10", end="2024-03-01")
+        s["phases"].append({**s["phases"][0], "index": 1, "name": "Final", "start": "2024-03-02", "end": None,
+                            "execution_time_limit": 50.0})
+        s["leaderboards"][0].update(primary_index="0", hidden="False")
+        s["leaderboards"][0]["columns"][0].update(precision="3", hidden="no")
+    b = open_bundle(_v2_case(tmp_path, change), tmp_path / "w", strict=True)
+    assert b.enable_detailed_results is False and b.tasks[0].ingestion_only_during_scoring is False
+    assert [(p.name, p.execution_time_limit) for p in b.phases] == [("Development", 45), ("Final", 50)]
+    assert b.leaderboards[0].primary_index == 0 and b.columns[0].precision == 3 and b.columns[0].hidden is False
+    assert not b.warnings, b.warnings
+
+
+def test_v2_keys_the_unpacker_ignores_are_named_and_pages_terms_logo_problems_warn(tmp_path):
+    def change(s):
+        s["phases"][0]["max_submissions_per_person"] = 3      # the dump's name; the unpacker reads max_submissions
+        s["whitelist_emails"] = ["a@b.c"]
+        s["leaderboards"].append({**s["leaderboards"][0], "key": "second"})
+        s.update(pages=[{"title": "Overview", "file": "overview.md"}], terms="empty.md", image="nologo.png")
+    folder = _v2_case(tmp_path, change)
+    (folder / "empty.md").write_text("")
+    b = open_bundle(folder, tmp_path / "w")
+    text = "\n".join(b.warnings)
+    assert "'max_submissions_per_person'" in text and "'whitelist_emails'" in text
+    assert "Unable to find page: overview.md" in text and "empty.md is empty, it must contain content." in text
+    assert "Unable to find image: nologo.png" in text and "attaches only the first" in text
+    with pytest.raises(BundleKeyError, match="whitelist_emails"):
+        open_bundle(folder, tmp_path / "w2", strict=True)
+    no_pages = _v2_case(tmp_path, lambda s: s.pop("pages", None), "nopages")
+    assert any("no `pages:` list" in w for w in open_bundle(no_pages, tmp_path / "w3").warnings)
+
+
+def test_v1_rules_of_the_v15_unpacker(tmp_path):
+    sub = submission(tmp_path, {"model.py": MODEL})
+    b = open_bundle(legacy_bundle(tmp_path), tmp_path / "w")
+    # a legacy phase ends the day before the next one starts; the last one at end_date (none here)
+    assert [(p.start, p.end) for p in b.phases] == [("2020-01-01", "2020-12-31"), ("2021-01-01", None)]
+    for extra, words in [("version: 2.0\n", "A suitable version could not be found"),
+                         ("leaderboard:\n  leaderboards:\n    R:\n      rank: 1\n  columns:\n    acc:\n"
+                          "      leaderboard: {label: R}\n", "has no 'label'"),
+                         ("leaderboard:\n  leaderboards:\n    R:\n      label: R\n  columns:\n    acc:\n"
+                          "      label: Accuracy\n", "names no leaderboard"),
+                         ("leaderboard:\n  leaderboards:\n    R:\n      label: R\n  columns:\n    acc:\n"
+                          "      leaderboard: {label: R}\n      sort: biggest\n", '"biggest" is not a valid choice.'),
+                         ("leaderboard:\n  leaderboards:\n    R:\n      label: R\n    S:\n      label: S\n  columns:\n"
+                          "    acc:\n      leaderboard: {label: R}\n", "Leaderboards require at least 1 column")]:
+        (tmp_path / "legacy_src").exists() and __import__("shutil").rmtree(tmp_path / "legacy_src")
+        bundle = legacy_bundle(tmp_path, extra=extra)
+        with pytest.raises(BundleKeyError) as err:
+            score(sub, bundle)
+        assert words in str(err.value), (extra, str(err.value))
+    __import__("shutil").rmtree(tmp_path / "legacy_src")
+    text = LEGACY_YAML.replace("    start_date: 2021-01-01\n", "")
+    folder = tmp_path / "nostart"
+    write_tree(folder, {"competition.yaml": text})
+    with pytest.raises(BundleKeyError, match="start_date: This field may not be null."):
+        open_bundle(folder, tmp_path / "w5")

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from test_bundle import INGEST, MODEL, score, submission, v2_bundle
-from subbench.local_bench.bundle_worker import app_mode
+from subbench.local_bench.bundle_mounts import app_mode
 
 
 def test_what_a_program_writes_to_tmp_stays_in_its_container(tmp_path):
