@@ -98,7 +98,7 @@ def test_unknown_or_contradicting_input_branches_are_named_errors(tmp_path):
     (tmp_path / "r.toml").write_text("[model]\ninputs = ['edges', 'sobel']\n")
     with pytest.raises(InputBranchError, match=r"r.toml: unknown input branch 'sobel'") as err:
         load_recipe(tmp_path / "r.toml")
-    assert "edges, equalized" in err.value.hint
+    assert "edges, folded, equalized" in err.value.hint
     (tmp_path / "r.toml").write_text("[model]\ninputs = ['edges']\nedge_channels = false\n")
     with pytest.raises(RecipeError, match="contradicts edge_channels = false"):
         load_recipe(tmp_path / "r.toml")
@@ -122,7 +122,7 @@ def test_cli_choices_are_the_registries(tmp_path):
         assert isinstance(params[option].type, click.Choice)
         assert tuple(params[option].type.choices) == tuple(CHOICES[field]), option
     assert CHOICES["tta"] == ("none", "flips", "d4", "auto")
-    assert params["inputs"].metavar == "edges,equalized|none"
+    assert params["inputs"].metavar == "edges,folded,equalized|none"
     res = run_cli("build", "--recipe", "cpu", "--inputs", "edges,sobel", "--data", "x.npz", "-o", "x.zip",
                   cwd=tmp_path)
     assert res.returncode == 2 and not any(tmp_path.iterdir()) and "InputBranchError" in res.stderr and "'sobel'" in res.stderr
