@@ -112,7 +112,7 @@ class AppView:
                 + ["--cwd", "/app/program", "--private-tmp", keep, "--"] + args)
 
 
-def _under_tmp(paths) -> tuple[Path, ...]:
+def under_tmp(paths) -> tuple[Path, ...]:
     """Those of `paths` that lie under /tmp (which the namespace replaces by a tmpfs of its own), resolved."""
     out = []
     for p in paths:

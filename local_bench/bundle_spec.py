@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import os
 import posixpath
+import re
 import shutil
 import uuid
 import zipfile
@@ -303,7 +304,9 @@ DRF_FALSE = {"f", "F", "n", "N", "no", "No", "NO", "false", "False", "FALSE", "o
              False}
 MAX_POSITIVE_INT = 2147483647                            # Django PositiveIntegerField on PostgreSQL
 SORTINGS = ("desc", "asc")                               # leaderboards/models.py Column.SORTING
-COMPUTATIONS = ("avg", "sum", "min", "max")              # Column.COMPUTATION_CHOICES
+# Column.COMPUTATION_CHOICES, each with how the leaderboard evaluates it over the columns at computation_indexes
+# (leaderboards/models.py: avg; sum, min, max too)
+COMPUTATIONS = {"avg": lambda v: sum(v) / len(v), "sum": sum, "min": min, "max": max}
 SUBMISSION_RULES = ("Add", "Add_And_Delete", "Add_And_Delete_Multiple", "Force_Last", "Force_Latest_Multiple",
                     "Force_Best")                        # Leaderboard.SUBMISSION_RULES
 FACT_SHEET_KEYS = {"key", "type", "title", "selection", "is_required", "is_on_leaderboard"}
@@ -320,8 +323,6 @@ def _refused(where: str, key: str, message: str, hint: str) -> BundleKeyError:
 
 def _as_int(value, where: str, key: str, min_value: int | None = 0) -> int:
     """DRF IntegerField: 5, "5" and 5.0 are 5; 5.5, "five" and true are refused; PositiveIntegerField: >= 0."""
-    import re
-
     try:
         if isinstance(value, bool) or value is None:
             raise ValueError
@@ -468,8 +469,8 @@ def _read_v2(y: dict, r: _Reader) -> dict:
     solutions = _read_v2_solutions(y, r, tasks)
     phases = _read_v2_phases(y, r, tasks)
     leaderboards = _read_v2_leaderboards(y, r)
-    return dict(docker_image=str(y.get("docker_image") or DEFAULT_DOCKER_IMAGE), tasks=tasks, phases=phases, leaderboards=leaderboards,
-                solutions=solutions)
+    return dict(docker_image=str(y.get("docker_image") or DEFAULT_DOCKER_IMAGE), tasks=tasks, phases=phases,
+                leaderboards=leaderboards, solutions=solutions)
 
 
 def _read_v2_tasks(y: dict, r: _Reader) -> dict[int, BundleTask]:
@@ -615,7 +616,7 @@ def _read_v2_column(c, where: str, r: _Reader) -> BundleColumn:
     r.unknown(where, c, V2_COLUMN)
     computation = c.get("computation")
     if computation is not None:
-        _as_choice(computation, COMPUTATIONS, where, "computation")
+        _as_choice(computation, tuple(COMPUTATIONS), where, "computation")
     indexes = c.get("computation_indexes")
     if isinstance(indexes, str):
         indexes = [i.strip() for i in indexes.split(",") if i.strip()]

@@ -53,11 +53,11 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from subbench.local_bench.bundle_mounts import APP_MODE_VAR, AppView, BundleRunError, _under_tmp
+from subbench.local_bench.bundle_mounts import APP_MODE_VAR, AppView, BundleRunError, under_tmp
 from subbench.local_bench.bundle_result import ProgramRun, StepResult
 from subbench.local_bench.bundle_spec import BundleTask, copy_tree, materialize, safe_extract_archive
 from subbench.local_bench.classify import OOM_PATTERNS
-from subbench.local_bench.netns import net_prefix, network_failure
+from subbench.local_bench.netns import cut_off_note, net_prefix, network_failure
 from subbench.local_bench.proctree import StartError, run_tree
 from subbench.local_bench.stderr_filter import summarize
 
@@ -174,7 +174,7 @@ def _tail(path: Path) -> str:
     return summarize(text, STDERR_TAIL)
 
 
-def _fmt_limit(limit: float) -> str:
+def fmt_limit(limit: float) -> str:
     return str(int(limit)) if float(limit).is_integer() else f"{limit:g}"
 
 
@@ -295,11 +295,11 @@ class Step:
             if id(run) in outcomes:
                 raise outcomes[id(run)]
         if any(r.killed for r in plans):
-            raise SubmissionException(f"Execution Time Limit exceeded. Limit was {_fmt_limit(self.time_limit)} seconds",
+            raise SubmissionException(f"Execution Time Limit exceeded. Limit was {fmt_limit(self.time_limit)} seconds",
                                       "Execution_Time_Limit_Exceeded")
         if any(r.out_of_memory for r in plans):
             raise SubmissionException(f"Out of memory: the {', '.join(r.role for r in plans if r.out_of_memory)} "
-                                      f"passed the memory limit of {_fmt_limit(self.memory_limit_mb)} MB "
+                                      f"passed the memory limit of {fmt_limit(self.memory_limit_mb)} MB "
                                       "(--memory-limit; the worker itself sets none)", "Out_Of_Memory")
         self._check_scoring_exit_code()
 
@@ -318,7 +318,7 @@ class Step:
 
     def _argv(self, run: ProgramRun) -> list[str] | None:
         view = AppView(self.mode, self._mounts(run.kind), self.root / ".subbench" / f"nsroot-{run.kind}",
-                       _under_tmp([self.root, Path(self.python).parent.parent]))
+                       under_tmp([self.root, Path(self.python).parent.parent]))
         unmounted = view.unmounted(run.command)
         if unmounted:
             run.note = (run.note + "; " if run.note else "") + (
@@ -374,14 +374,12 @@ class Step:
     def _diagnose(self, run: ProgramRun, text: str) -> None:
         """Warnings that name why a program failed, from its exit code and stderr `text`: the network cut off, a
         kernel OOM kill, a module missing."""
-        if self.no_network and network_failure(text):
-            self.warnings.append(f"the {run.role} tried to reach the network ({network_failure(text)}) "
-                                 "and --no-network cut it off: on a server without internet (a queue with "
-                                 "COMPETITION_CONTAINER_NETWORK_DISABLED=true) it fails the same way; ship what it "
-                                 "downloads (e.g. weights fetched at Model()) inside the submission")
-        if not run.out_of_memory and (run.exit_code == 128 + signal.SIGKILL and not run.killed
-                                      or run.exit_code not in (0, None) and OOM_PATTERNS.search(text)):
-            why = (f"it ran out of memory ({OOM_PATTERNS.search(text).group(0)})" if OOM_PATTERNS.search(text) else
+        found = network_failure(text) if self.no_network else None
+        if found:
+            self.warnings.append(cut_off_note(f"the {run.role}", found))
+        oom = OOM_PATTERNS.search(text) if run.exit_code not in (0, None) else None
+        if not run.out_of_memory and (oom or run.exit_code == 128 + signal.SIGKILL and not run.killed):
+            why = (f"it ran out of memory ({oom.group(0)})" if oom else
                    "it was killed by SIGKILL (exit code 137), not by subbench: on Linux that is the kernel's OOM "
                    "killer when this machine's memory runs out (`dmesg` tells)")
             self.warnings.append(f"Out_Of_Memory? the {run.role} exited with code {run.exit_code}: {why}. The "

@@ -24,13 +24,10 @@ from subbench.errors import SubbenchError
 from subbench.local_bench.bundle_mounts import app_mode
 from subbench.local_bench.bundle_phase import run_all_phases, run_phase
 from subbench.local_bench.bundle_result import BundleScore, BundleStatus, ColumnScore
-from subbench.local_bench.bundle_spec import (Bundle, BundleFileError, BundlePhase, BundleSelectionError, BundleTask,
-                                              open_bundle)
-from subbench.local_bench.bundle_step import Step, SubmissionException, _fmt_limit
+from subbench.local_bench.bundle_spec import (COMPUTATIONS, Bundle, BundleFileError, BundlePhase,
+                                              BundleSelectionError, BundleTask, open_bundle)
+from subbench.local_bench.bundle_step import Step, SubmissionException, fmt_limit
 from subbench.local_bench.netns import require_network_isolation
-
-# Column.computation over the columns at computation_indexes (leaderboards/models.py: avg; sum, min, max too).
-COMPUTATIONS = {"avg": lambda v: sum(v) / len(v), "sum": sum, "min": min, "max": max}
 
 Echo = Callable[[str], None]
 
@@ -116,7 +113,7 @@ def run_bundle(bundle: Bundle, submission: Path, phase: BundlePhase, task: Bundl
         return made
 
     try:
-        echo(f"prediction step: {task.name or 'task ' + str(task.index)} (limit {_fmt_limit(limit)} s, "
+        echo(f"prediction step: {task.name or 'task ' + str(task.index)} (limit {fmt_limit(limit)} s, "
              f"/app paths: {mode})")
         pred = step("prediction")
         if not _run_step(pred, result, warnings, keep, submission=submission):
@@ -125,7 +122,7 @@ def run_bundle(bundle: Bundle, submission: Path, phase: BundlePhase, task: Bundl
             if r.action == "ran" and r.exit_code not in (0, None):
                 warnings.append(f"the {r.role} exited with code {r.exit_code} in the prediction step; the server "
                                 "goes on to the scoring step anyway")
-        echo(f"scoring step (limit {_fmt_limit(limit)} s)")
+        echo(f"scoring step (limit {fmt_limit(limit)} s)")
         score = step("scoring")
         _run_step(score, result, warnings, keep, prediction_output=pred.output_dir)
         warnings += _keep_detailed(score, keep, result, bundle)

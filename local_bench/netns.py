@@ -55,6 +55,13 @@ def require_network_isolation() -> None:
                                     "run without --no-network (the programs then have this machine's network)")
 
 
+def cut_off_note(who: str, found: str) -> str:
+    """What to tell the user when `who` (e.g. "the submission") failed on the network error `found`."""
+    return (f"{who} tried to reach the network ({found}) and --no-network cut it off: on a server without "
+            "internet (a queue with COMPETITION_CONTAINER_NETWORK_DISABLED=true) it fails the same way; ship what it "
+            "downloads (e.g. weights fetched at Model()) inside the submission")
+
+
 def network_failure(stderr: str) -> str | None:
     """The network error a program's stderr shows (e.g. 'Temporary failure in name resolution'), or None."""
     found = NETWORK_ERROR.search(stderr or "")

@@ -42,7 +42,7 @@ from typing import Callable, Iterable
 import numpy as np
 
 from subbench.local_bench.classify import STAGES, STATUSES, check_predictions, classify
-from subbench.local_bench.netns import net_prefix, network_failure, require_network_isolation
+from subbench.local_bench.netns import cut_off_note, net_prefix, network_failure, require_network_isolation
 from subbench.local_bench.proctree import POLL_S, TREE_SCAN_S, StartError, run_tree
 from subbench.local_bench.stderr_filter import TAIL_LINES as STDERR_TAIL_LINES
 from subbench.local_bench.stderr_filter import summarize
@@ -415,10 +415,9 @@ def _run(spec: RunSpec, sets, folder: _Folder) -> RunResult:
         memory_limit_mb=spec.memory_limit_mb, peak_memory_mb=ended.peak_rss_mb,
         images_done=sum(i.get("done", 0) for i in set_info.values()), images_total=sum(sizes))
     result.status, result.message = verdict.status, verdict.message
-    if spec.no_network and not verdict.ok and network_failure(result.stderr):
-        result.message += (f" (it tried to reach the network: {network_failure(result.stderr)}, and --no-network "
-                           "cut it off; on a server without internet it fails the same way: ship what it downloads, "
-                           "e.g. weights fetched at Model(), inside the zip)")
+    found = network_failure(result.stderr) if spec.no_network and not verdict.ok else None
+    if found:
+        result.message += f" ({cut_off_note('it', found)})"
     if verdict.ok:
         result.set_predictions = dict(verdict.labels)
         result.predictions = result.set_predictions[names[0]]

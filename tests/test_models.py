@@ -10,6 +10,7 @@ through a proxy that refuses connections, i.e. Keras' real download code failing
 from __future__ import annotations
 
 import json
+from collections import Counter
 import subprocess
 import urllib.request
 import zipfile
@@ -250,11 +251,8 @@ def test_folded_channels_are_min_of_x_and_its_inverse_and_ignore_solarize():
         assert np.abs(other[..., :3] - got[..., :3]).max() > 0.5
 
 
-def _layer_kinds(model) -> dict:
-    kinds: dict = {}
-    for layer in model.layers:
-        kinds[type(layer).__name__] = kinds.get(type(layer).__name__, 0) + 1
-    return kinds
+def _layer_kinds(model) -> Counter:
+    return Counter(type(layer).__name__ for layer in model.layers)
 
 
 def test_inverted_residual_blocks_are_cheaper_and_train():
