@@ -116,21 +116,6 @@ def bank_copies(images: np.ndarray, copies: int, available_bytes: int | None = N
     return max(1, min(copies, fit))
 
 
-def heavy_bank_seconds(images: np.ndarray, copies: int, sample: int = 32) -> float:
-    """Seconds heavy_bank(images, copies) will take on this host, from corrupting `sample` images now."""
-    import time
-
-    from subbench.corrupt import apply_preset
-
-    if copies <= 0 or len(images) == 0:
-        return 0.0
-    part = images[:sample]
-    apply_preset(images[:2], "an2dl", seed=0, cache=False, progress=False)   # first-call set-up, not timed
-    t0 = time.perf_counter()
-    apply_preset(part, "an2dl", seed=0, cache=False, progress=False)
-    return (time.perf_counter() - t0) / len(part) * len(images) * copies
-
-
 def _batch_fetcher(images: np.ndarray, augment: str, seed: int, bank: np.ndarray | None):
     """The numpy side of a training batch: gather rows `idx`; for heavy, the clean image or a corrupted one
     (a bank copy, or corrupted now) per image; for light and heavy, the symmetries and shifts."""

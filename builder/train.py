@@ -294,6 +294,9 @@ def train(recipe: Recipe, images: np.ndarray, labels: np.ndarray, val_images: np
         # The training time budget starts before the sizes are timed and the heavy bank is computed: both are
         # part of training.
         deadline = time.monotonic() + recipe.max_train_minutes * 60 if recipe.max_train_minutes else None
+        # The heavy bank first: its real time, not an estimate, is then out of what the size probe sees left
+        # (a 32-image estimate ranged 181-701 s for a bank that took 146-158 s, and once left no epochs at all).
+        datasets = _datasets(recipe, images, labels, val_images, val_labels, num_classes, progress, echo)
         size, width = _model_size(recipe, state, images, labels, val_images, num_classes, head, deadline, echo)
         def build(input_size):
             return build_model(recipe.backbone, num_classes=num_classes, input_shape=images.shape[1:],
@@ -315,9 +318,7 @@ def train(recipe: Recipe, images: np.ndarray, labels: np.ndarray, val_images: np
                 first = lowres or built
                 echo(f"stem: whitening of the training patches, {whiten_stem(first, images, seed=recipe.seed)} "
                      "directions and their negatives")
-        run = _Run(recipe, built, strategy, *_datasets(recipe, images, labels, val_images, val_labels, num_classes,
-                                                         progress, echo), build_dir, state, deadline, progress, echo,
-                   lowres=lowres)
+        run = _Run(recipe, built, strategy, *datasets, build_dir, state, deadline, progress, echo, lowres=lowres)
         for phase in plan_phases(recipe, epochs, early_stopping=run.val_ds is not None):
             _run_phase(run, phase)
         history = []
@@ -338,7 +339,6 @@ def _model_size(recipe: Recipe, state: dict, images, labels, val_images, num_cla
     by timing a step of each candidate on this host (kept in state.json: a resumed build keeps its size)."""
     from subbench.builder.autosize import candidates_for, choose_size
     from subbench.builder.models import build_model
-    from subbench.builder.pipeline import heavy_bank_seconds
 
     if not recipe.autosize_epochs or deadline is None or recipe.backbone != "custom_cnn":
         if recipe.autosize_epochs:
@@ -348,7 +348,6 @@ def _model_size(recipe: Recipe, state: dict, images, labels, val_images, num_cla
         chosen = state["autosize"]
         echo(f"model size: {chosen['input_size']} px, width {chosen['width']}, as chosen when this build started")
         return chosen["input_size"], chosen["width"]
-    bank_s = heavy_bank_seconds(images, bank_copies(images, recipe.heavy_bank)) if recipe.augment == "heavy" else 0.0
     n_val = 0 if val_images is None else len(val_images)
     steps = -(-len(images) // recipe.batch_size)
     pick = np.random.default_rng(recipe.seed).choice(len(images), min(recipe.batch_size, len(images)), replace=False)
@@ -362,9 +361,10 @@ def _model_size(recipe: Recipe, state: dict, images, labels, val_images, num_cla
         return model
 
     echo(f"model size: timing a training step of each size (target: {recipe.autosize_epochs} epochs in the "
-         f"{recipe.max_train_minutes:g}-minute budget; the heavy bank will take ~{bank_s:.0f} s of it)")
+         f"{max(deadline - time.monotonic(), 0) / 60:.1f} minutes left of the {recipe.max_train_minutes:g}-minute "
+         "budget)")
     choice = choose_size(build_probe, batch=batch, steps_per_epoch=steps, val_images=n_val,
-                         seconds_left=lambda: deadline - time.monotonic() - bank_s,
+                         seconds_left=lambda: deadline - time.monotonic(),
                          target_epochs=recipe.autosize_epochs, candidates=candidates_for(recipe.block),
                          progressive=recipe.progressive if progressive_applies(recipe) else 0.0, echo=echo)
     echo(f"model size: {choice.input_size} px, width {choice.width}: {choice.reason}")

@@ -97,6 +97,8 @@ def test_build_with_autosize_prints_records_and_builds_its_choice(tiny_npz, tmp_
                           "100000")
     assert res.returncode == 0, res.stdout + res.stderr
     assert "model size: timing a training step of each size" in res.stdout
+    # the heavy bank is computed first, so the time the probe sees left already excludes it (no estimate)
+    assert res.stdout.index("heavy augmentation: 1 corrupted copies") < res.stdout.index("model size: timing")
     assert "model size: 48 px, width 16: no size reaches the target of 100000 epochs" in res.stdout
     summary = json.loads((tmp_path / "sub.build" / "summary.json").read_text())
     assert (summary["model_size"]["input_size"], summary["model_size"]["width"]) == (48, 16)
