@@ -119,7 +119,47 @@ def _specs(input_dir, sets, stream):
             time.sleep(0.02)
 
 
-def main():
+def _predict_chunks(model, X, chunk, state, info, state_dir):
+    """model.predict's outputs on X, `chunk` images a call (all at once without a chunk), the progress kept."""
+    n = len(X)
+    step = int(chunk) if chunk else max(n, 1)
+    parts = []
+    for lo in range(0, n, step):
+        try:
+            out = model.predict(X[lo:lo + step])
+        except BaseException as exc:
+            _fail(state_dir, state, "predict", exc)
+        parts.append(out)
+        info["done"] = min(lo + step, n)
+        if chunk:
+            state.flush()
+    return parts
+
+
+def _stacked(parts):
+    """The predictions of one set as one numeric array; NotNumeric or ShapeMismatch where they are not."""
+    import numpy as np
+
+    try:
+        arrays = [np.asarray(p) for p in parts]
+    except ValueError as exc:  # numpy 2 refuses ragged nested sequences
+        raise NotNumeric("predict returned %s that is not a regular array (%s)"
+                         % (type(parts[0]).__name__, exc))
+    if len(arrays) == 1:
+        pred = arrays[0]
+    else:
+        shapes = sorted({a.shape[1:] for a in arrays})
+        if len(shapes) > 1 or any(a.ndim == 0 for a in arrays):
+            raise ShapeMismatch("chunks returned arrays of different shapes: %s"
+                                % [a.shape for a in arrays][:5])
+        pred = np.concatenate(arrays)
+    if pred.dtype == object:
+        raise NotNumeric("predict returned %s of Python objects, not a numeric array"
+                         % type(parts[0]).__name__)
+    return pred
+
+
+def _args():
     parser = argparse.ArgumentParser(description="subbench ingestion program")
     parser.add_argument("--input", required=True)
     parser.add_argument("--output", required=True)
@@ -127,7 +167,11 @@ def main():
     parser.add_argument("--state-dir", required=True)
     parser.add_argument("--module", default="model")
     parser.add_argument("--class-name", default="Model")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main():
+    args = _args()
 
     state = State(os.path.join(args.state_dir, "progress.json"))
     import numpy as np
@@ -167,35 +211,10 @@ def main():
         info = {"start": time.time(), "done": 0, "total": n}
         state.data["sets"][spec["key"]] = info
         state.flush()
-        step = int(chunk) if chunk else max(n, 1)
-        parts = []
-        for lo in range(0, n, step):
-            try:
-                out = model.predict(X[lo:lo + step])
-            except BaseException as exc:
-                _fail(args.state_dir, state, "predict", exc)
-            parts.append(out)
-            info["done"] = min(lo + step, n)
-            if chunk:
-                state.flush()
+        parts = _predict_chunks(model, X, chunk, state, info, args.state_dir)
         info["end"] = time.time()
         try:
-            try:
-                arrays = [np.asarray(p) for p in parts]
-            except ValueError as exc:  # numpy 2 refuses ragged nested sequences
-                raise NotNumeric("predict returned %s that is not a regular array (%s)"
-                                 % (type(parts[0]).__name__, exc))
-            if len(arrays) == 1:
-                pred = arrays[0]
-            else:
-                shapes = sorted({a.shape[1:] for a in arrays})
-                if len(shapes) > 1 or any(a.ndim == 0 for a in arrays):
-                    raise ShapeMismatch("chunks returned arrays of different shapes: %s"
-                                        % [a.shape for a in arrays][:5])
-                pred = np.concatenate(arrays)
-            if pred.dtype == object:
-                raise NotNumeric("predict returned %s of Python objects, not a numeric array"
-                                 % type(parts[0]).__name__)
+            pred = _stacked(parts)
             np.save(os.path.join(args.output, "predictions_%s.npy" % spec["key"]), pred, allow_pickle=False)
             if i == 0:
                 np.save(os.path.join(args.output, "predictions.npy"), pred, allow_pickle=False)

@@ -237,66 +237,23 @@ def inspect(dataset, rules: Iterable[str] | None = None, settings: InspectSettin
                         f"and {n} labels", "give 3-channel images, e.g. an AN2DL-style npz")
     seconds: dict[str, float] = {}
     notes: list[str] = []
-    flagged: dict[str, set[int]] = {r: set() for r in rules}
-    reasons: dict[str, dict[int, str]] = {r: {} for r in rules}
-
-    def flag(rule: str, index: int, why: str) -> None:
-        if rule in flagged and index not in flagged[rule]:
-            flagged[rule].add(int(index))
-            reasons[rule][int(index)] = why
+    flags = _Flags(rules)
 
     # 1. exact identity: every image maps to its first byte-identical copy
     t = time.perf_counter()
     say("hashing images")
-    _, first, rep_of = np.unique(np.asarray(image_hashes(images)), return_index=True, return_inverse=True)
-    rep_of = rep_of.reshape(-1)
-    reps = first                                    # reps[k]: first index of distinct image k
+    _, reps, rep_of = np.unique(np.asarray(image_hashes(images)), return_index=True, return_inverse=True)
+    rep_of = rep_of.reshape(-1)                     # reps[k]: first index of distinct image k
     seconds["exact"] = time.perf_counter() - t
 
-    # 2. near-identity on the distinct images: pHash candidates confirmed by thumbnails and mean colour
-    near_i = near_j = np.empty(0, np.int64)
-    phashes = thumbs = None
+    # 2. near-identity on the distinct images, then the copy groups and what they flag
+    near = None
     if {"near_duplicates", "label_conflicts"} & set(rules):
         t = time.perf_counter()
         say(f"perceptual hashes of {len(reps)} distinct images")
-        thumbs, colours = F.thumbnails(images, index=reps)
-        phashes = F.phash(thumbs)
-        ci, cj, _ = F.hamming_pairs(phashes, settings.near_hamming)
-        # confirmed by the thumbnails' correlation, and by the mean colour, which grayscale cannot see
-        keep = (F.thumbnail_correlation(thumbs, ci, cj) >= settings.near_correlation) & (
-            np.abs(colours[ci] - colours[cj]).max(1) <= settings.near_colour)
-        near_i, near_j = _leader_edges(reps[ci[keep]], reps[cj[keep]])
+        near = _NearCopies(images, reps, rep_of, settings)
         seconds["near"] = time.perf_counter() - t
-    groups_idx = _copy_groups(n, rep_of, reps, near_i, near_j)
-
-    def near_evidence(a: int, b: int) -> str:
-        if phashes is None:
-            return ""
-        ka, kb = rep_of[a], rep_of[b]                  # their distinct images
-        d = int(np.bitwise_count(phashes[ka] ^ phashes[kb]))
-        c = float(F.thumbnail_correlation(thumbs, np.array([ka]), np.array([kb]))[0])
-        return f" (pHash distance {d}, thumbnail correlation {c:.3f})"
-
-    groups: list[CopyGroup] = []
-    for members in groups_idx:
-        members = np.sort(members)
-        labs = labels[members]
-        exact = bool(np.all(rep_of[members] == rep_of[members[0]]))
-        groups.append(CopyGroup([int(m) for m in members], [int(v) for v in labs], exact))
-        if len(set(labs.tolist())) > 1:
-            for m in members:
-                others = [f"#{o} ({_label_name(labels[o], class_names)})" for o in members if o != m][:4]
-                more = f" and {len(members) - 5} more" if len(members) > 5 else ""
-                flag("label_conflicts", m, f"labelled {_label_name(labels[m], class_names)}; "
-                     f"{'same' if exact else 'near-identical'} image as " + ", ".join(others) + more)
-            continue
-        keeper = int(members[0])
-        for m in members[1:]:
-            first_copy = int(reps[rep_of[m]])
-            if first_copy < m:
-                flag("exact_duplicates", m, f"exact copy of #{first_copy}")
-            else:
-                flag("near_duplicates", m, f"near copy of #{keeper}" + near_evidence(keeper, int(m)))
+    groups = _flag_copy_groups(flags, labels, reps, rep_of, near, class_names)
 
     # 3. colour/texture statistics of the distinct images: outliers and grey backgrounds
     distance = bg_sat = None
@@ -311,29 +268,97 @@ def inspect(dataset, rules: Iterable[str] | None = None, settings: InspectSettin
             t = time.perf_counter()
             distance = _outlier_distances(feats, rep_of, labels, settings, notes)
             if distance is not None:
-                hit = distance > settings.outlier_distance
-                for i in np.flatnonzero(hit):
-                    flag("outliers", i, f"colour/texture distance {distance[i]:.1f} > {settings.outlier_distance}")
-                # An exact copy of junk is junk, whatever its label (distances are per class). Near copies are
-                # judged on their own: re-encoding can push a copy over the line while its original is fine.
-                first_hit = np.full(len(reps), -1)
-                for i in np.flatnonzero(hit)[::-1]:
-                    first_hit[rep_of[i]] = i
-                for i in np.flatnonzero(~hit & (first_hit[rep_of] >= 0)):
-                    j = first_hit[rep_of[i]]
-                    flag("outliers", i, f"exact copy of outlier #{j} (distance {distance[j]:.1f})")
-                hit = first_hit[rep_of] >= 0
+                hit = _flag_outliers(flags, distance, reps, rep_of, settings)
             seconds["outliers"] = time.perf_counter() - t
         if "grey_background" in rules:               # of the images that are cells at all
             for i in np.flatnonzero((bg_sat < settings.grey_saturation) & ~hit):
-                flag("grey_background", i, f"background saturation {bg_sat[i]:.3f} < {settings.grey_saturation}")
+                flags.flag("grey_background", i, f"background saturation {bg_sat[i]:.3f} < "
+                           f"{settings.grey_saturation}")
 
     return InspectReport(
         n=n, labels=labels, rules=rules, settings=settings,
-        flagged={r: np.array(sorted(flagged[r]), np.int64) for r in rules}, reasons=reasons, groups=groups,
-        outlier_distance=distance, background_saturation=bg_sat,
+        flagged={r: np.array(sorted(flags.flagged[r]), np.int64) for r in rules}, reasons=flags.reasons,
+        groups=groups, outlier_distance=distance, background_saturation=bg_sat,
         class_names=tuple(class_names) if class_names else None, n_distinct=int(len(reps)), notes=notes,
         seconds=seconds)
+
+
+class _Flags:
+    """The images each rule flags, each with its reason (the first reason given is kept)."""
+
+    def __init__(self, rules):
+        self.flagged: dict[str, set[int]] = {r: set() for r in rules}
+        self.reasons: dict[str, dict[int, str]] = {r: {} for r in rules}
+
+    def flag(self, rule: str, index: int, why: str) -> None:
+        if rule in self.flagged and index not in self.flagged[rule]:
+            self.flagged[rule].add(int(index))
+            self.reasons[rule][int(index)] = why
+
+
+class _NearCopies:
+    """Near-identical pairs of the distinct images: pHash candidates confirmed by the thumbnails' correlation
+    and by the mean colour, which grayscale cannot see."""
+
+    def __init__(self, images, reps, rep_of, settings: InspectSettings):
+        self.rep_of = rep_of
+        self.thumbs, colours = F.thumbnails(images, index=reps)
+        self.phashes = F.phash(self.thumbs)
+        ci, cj, _ = F.hamming_pairs(self.phashes, settings.near_hamming)
+        keep = (F.thumbnail_correlation(self.thumbs, ci, cj) >= settings.near_correlation) & (
+            np.abs(colours[ci] - colours[cj]).max(1) <= settings.near_colour)
+        self.i, self.j = _leader_edges(reps[ci[keep]], reps[cj[keep]])
+
+    def evidence(self, a: int, b: int) -> str:
+        ka, kb = self.rep_of[a], self.rep_of[b]        # their distinct images
+        d = int(np.bitwise_count(self.phashes[ka] ^ self.phashes[kb]))
+        c = float(F.thumbnail_correlation(self.thumbs, np.array([ka]), np.array([kb]))[0])
+        return f" (pHash distance {d}, thumbnail correlation {c:.3f})"
+
+
+def _flag_copy_groups(flags: _Flags, labels, reps, rep_of, near: _NearCopies | None, class_names) -> list:
+    """The copy groups (exact copies, and near ones when `near`); flags label conflicts within a group, else
+    every member after the first as an exact or a near duplicate."""
+    empty = np.empty(0, np.int64)
+    groups_idx = _copy_groups(len(labels), rep_of, reps, near.i if near else empty, near.j if near else empty)
+    groups: list[CopyGroup] = []
+    for members in groups_idx:
+        members = np.sort(members)
+        labs = labels[members]
+        exact = bool(np.all(rep_of[members] == rep_of[members[0]]))
+        groups.append(CopyGroup([int(m) for m in members], [int(v) for v in labs], exact))
+        if len(set(labs.tolist())) > 1:
+            for m in members:
+                others = [f"#{o} ({_label_name(labels[o], class_names)})" for o in members if o != m][:4]
+                more = f" and {len(members) - 5} more" if len(members) > 5 else ""
+                flags.flag("label_conflicts", m, f"labelled {_label_name(labels[m], class_names)}; "
+                           f"{'same' if exact else 'near-identical'} image as " + ", ".join(others) + more)
+            continue
+        keeper = int(members[0])
+        for m in members[1:]:
+            first_copy = int(reps[rep_of[m]])
+            if first_copy < m:
+                flags.flag("exact_duplicates", m, f"exact copy of #{first_copy}")
+            else:
+                flags.flag("near_duplicates", m, f"near copy of #{keeper}"
+                           + (near.evidence(keeper, int(m)) if near else ""))
+    return groups
+
+
+def _flag_outliers(flags: _Flags, distance, reps, rep_of, settings: InspectSettings) -> np.ndarray:
+    """Flags the images beyond the outlier distance and the exact copies of one; returns that mask."""
+    hit = distance > settings.outlier_distance
+    for i in np.flatnonzero(hit):
+        flags.flag("outliers", i, f"colour/texture distance {distance[i]:.1f} > {settings.outlier_distance}")
+    # An exact copy of junk is junk, whatever its label (distances are per class). Near copies are
+    # judged on their own: re-encoding can push a copy over the line while its original is fine.
+    first_hit = np.full(len(reps), -1)
+    for i in np.flatnonzero(hit)[::-1]:
+        first_hit[rep_of[i]] = i
+    for i in np.flatnonzero(~hit & (first_hit[rep_of] >= 0)):
+        j = first_hit[rep_of[i]]
+        flags.flag("outliers", i, f"exact copy of outlier #{j} (distance {distance[j]:.1f})")
+    return first_hit[rep_of] >= 0
 
 
 def _outlier_distances(feats: np.ndarray, rep_of: np.ndarray, labels: np.ndarray, settings: InspectSettings,
