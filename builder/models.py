@@ -99,17 +99,8 @@ def build_model(backbone: str, *, num_classes: int = 8, input_shape=(96, 96, 3),
         image = keras.layers.Resizing(size, size, interpolation="bilinear", dtype="float32", name="pre_resize")(raw)
     spatial = (size, size) if size else input_shape[:2]
     pre = preprocessing_layers(spec.preprocessing)
-    kwargs = dict(include_top=False, input_shape=(*spatial, 3 + inputs.channels), **dict(spec.constructor_kwargs))
-    if width is not None:
-        if spec.family != "custom":
-            raise ModelConfigError(f"width applies to custom_cnn, not to {spec.name}",
-                                   "leave --width out for keras.applications backbones")
-        kwargs["widths"] = tuple(int(width) * m for m in (1, 2, 4, 8))
-    if block != "basic":
-        if spec.family != "custom":
-            raise ModelConfigError(f"block applies to custom_cnn, not to {spec.name}",
-                                   "leave --block out for keras.applications backbones")
-        kwargs["block"] = block
+    kwargs = {"include_top": False, "input_shape": (*spatial, 3 + inputs.channels), **dict(spec.constructor_kwargs),
+              **_custom_cnn_kwargs(spec, width, block)}
     net, fix = backbone_with_weights(spec, weights, kwargs)
     x, pre = _preprocessed(raw, image, pre + fix, inputs)
     pre = cell_layers + pre
@@ -123,6 +114,22 @@ def build_model(backbone: str, *, num_classes: int = 8, input_shape=(96, 96, 3),
                        preprocess_steps=cell, block=block)
     set_backbone_trainable(built, 0.0 if pretrained else 1.0)
     return built
+
+
+def _custom_cnn_kwargs(spec: BackboneSpec, width: int | None, block: str) -> dict:
+    """custom_cnn's constructor arguments for `width` and `block`; ModelConfigError for another backbone."""
+    kwargs = {}
+    if width is not None:
+        if spec.family != "custom":
+            raise ModelConfigError(f"width applies to custom_cnn, not to {spec.name}",
+                                   "leave --width out for keras.applications backbones")
+        kwargs["widths"] = tuple(int(width) * m for m in (1, 2, 4, 8))
+    if block != "basic":
+        if spec.family != "custom":
+            raise ModelConfigError(f"block applies to custom_cnn, not to {spec.name}",
+                                   "leave --block out for keras.applications backbones")
+        kwargs["block"] = block
+    return kwargs
 
 
 def _checked_input(spec: BackboneSpec, input_shape, input_size) -> tuple[tuple, int | None]:

@@ -279,13 +279,7 @@ def train(recipe: Recipe, images: np.ndarray, labels: np.ndarray, val_images: np
     from subbench.builder.models import build_model
 
     state = _open_state(build_dir, recipe, resume)
-    policy = "float32"
-    if recipe.mixed_precision:
-        from subbench.builder.precision import mixed_precision_policy
-
-        policy, why = mixed_precision_policy()
-        echo(f"mixed precision: {why}")
-        keras.mixed_precision.set_global_policy(policy)
+    policy = _set_precision(recipe, echo)
     try:
         strategy = make_strategy(recipe.strategy, cpu_devices)
         echo(f"strategy: {type(strategy).__name__}, {strategy.num_replicas_in_sync} replicas")
@@ -332,6 +326,21 @@ def train(recipe: Recipe, images: np.ndarray, labels: np.ndarray, val_images: np
     finally:
         if policy != "float32":
             keras.mixed_precision.set_global_policy("float32")
+
+
+def _set_precision(recipe: Recipe, echo) -> str:
+    """Keras' global dtype policy for this build (float32 unless the recipe asks for mixed precision and the
+    host gains by it); returns its name."""
+    if not recipe.mixed_precision:
+        return "float32"
+    import keras
+
+    from subbench.builder.precision import mixed_precision_policy
+
+    policy, why = mixed_precision_policy()
+    echo(f"mixed precision: {why}")
+    keras.mixed_precision.set_global_policy(policy)
+    return policy
 
 
 def _model_size(recipe: Recipe, state: dict, images, labels, val_images, num_classes: int, head, deadline, echo):

@@ -231,15 +231,7 @@ def evaluate(zip_path, data, profile: Profile, options: ScoreOptions | None = No
                        progress=options.progress, keep_run_dir=options.keep_run_dir, **common)
         if options.keep_run_dir:
             echo(f"run folder kept: {run.run_dir}")
-        metrics = _metrics(labels, run.predictions, profile) if run.ok else None
-        score = Score(
-            status=Status(run.status), leaderboard_key=profile.leaderboard_key, metric=profile.metric,
-            value=getattr(metrics, profile.metric) if metrics else None, message=run.message or "", n=len(images),
-            timing=_timing(run, len(images), time_limit, hidden_size, options.server_speed), scored_on=scored_on,
-            class_names=list(profile.class_names), profile=profile.name, metrics=metrics,
-            peak_memory_mb=run.peak_memory_mb, memory_limit_mb=options.memory_limit_mb,
-            stderr_tail=run.stderr_tail or "", created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            subbench_version=__version__, images=images, labels=labels, predictions=run.predictions)
+        score = _first_score(run, images, labels, profile, options, time_limit, hidden_size, scored_on)
         proj = score.timing.projection
         if proj is not None and proj.fits is False:
             warnings.append(f"projected time for {hidden_size} hidden images is {proj.projected_s:.0f} s, over "
@@ -265,6 +257,20 @@ def evaluate(zip_path, data, profile: Profile, options: ScoreOptions | None = No
                      "size_mb": round(zip_path.stat().st_size / 2**20, 3) if zip_path.is_file() else None}
         score.warnings = [str(w) for w in warnings]
         return score
+
+
+def _first_score(run, images, labels, profile: Profile, options: ScoreOptions, time_limit, hidden_size,
+                 scored_on) -> Score:
+    """The Score of the scored run, before the follow-up runs (draws, clean, suite, cross-cwd) add theirs."""
+    metrics = _metrics(labels, run.predictions, profile) if run.ok else None
+    return Score(
+        status=Status(run.status), leaderboard_key=profile.leaderboard_key, metric=profile.metric,
+        value=getattr(metrics, profile.metric) if metrics else None, message=run.message or "", n=len(images),
+        timing=_timing(run, len(images), time_limit, hidden_size, options.server_speed), scored_on=scored_on,
+        class_names=list(profile.class_names), profile=profile.name, metrics=metrics,
+        peak_memory_mb=run.peak_memory_mb, memory_limit_mb=options.memory_limit_mb,
+        stderr_tail=run.stderr_tail or "", created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        subbench_version=__version__, images=images, labels=labels, predictions=run.predictions)
 
 
 def _clean_run(score: Score, folder, clean, labels, time_limit, cwd_mode: str, options: ScoreOptions, common,

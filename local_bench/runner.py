@@ -382,30 +382,16 @@ def _run(spec: RunSpec, sets, folder: _Folder) -> RunResult:
             return result
         finally:
             feeder.stop()
-    t0, t_end, returncode = ended.started, ended.ended, ended.returncode
+    returncode = ended.returncode
     state = _read_json(progress_file) or {}
-    show.update(state, t0, feeder.names)
+    show.update(state, ended.started, feeder.names)
     show.close()
     # Codabench's worker writes exitCode/elapsedTime into output/metadata (yaml); same keys here.
     (folder.output / "metadata").write_text(f"elapsedTime: {ended.elapsed_s}\nexitCode: {returncode}\n")
 
     names, sizes = feeder.names, feeder.sizes
     set_info = state.get("sets", {})
-    stages, reached = _stages(state.get("times", {}), set_info, t0, t_end)
-    # getrusage's maxrss survives fork+exec on Linux: a child of a 2 GB process reports >= 2 GB even when the
-    # submission itself used 50 MB (measured: 2005 vs 46 MB for one zip, spawned from pytest vs a bare Python).
-    # Where /proc is polled (every POLL_S) its figure is the submission's own; rusage is the fallback.
-    peaks = [ended.peak_rss_mb] if ended.peak_rss_mb else [v for v in (ended.rusage_maxrss_mb,
-                                                                        state.get("maxrss_mb")) if v]
-    result.stages, result.elapsed_s, result.stage_reached = stages, ended.elapsed_s, reached
-    result.returncode = returncode
-    result.peak_memory_mb = round(max(peaks), 1) if peaks else None
-    result.stderr = _read_end(folder.logs / "stderr.txt")
-    result.stderr_tail = summarize(result.stderr)
-    result.versions = state.get("versions", {})
-    result.n = sizes[0] if sizes else 0
-    result.set_seconds = {names[int(k)]: info["end"] - info["start"] for k, info in set_info.items()
-                          if "end" in info and int(k) < len(names)}
+    reached = _record_measures(result, ended, state, folder, names, sizes)
     if ended.killed_for is None and feeder.error is not None:
         raise feeder.error
     verdict = classify(
@@ -422,6 +408,28 @@ def _run(spec: RunSpec, sets, folder: _Folder) -> RunResult:
         result.set_predictions = dict(verdict.labels)
         result.predictions = result.set_predictions[names[0]]
     return result
+
+
+def _record_measures(result: RunResult, ended, state: dict, folder: _Folder, names, sizes) -> str:
+    """Into `result`: the stages' times, the exit code, peak memory, stderr, versions, per-set seconds; returns
+    the stage the submission reached."""
+    set_info = state.get("sets", {})
+    stages, reached = _stages(state.get("times", {}), set_info, ended.started, ended.ended)
+    # getrusage's maxrss survives fork+exec on Linux: a child of a 2 GB process reports >= 2 GB even when the
+    # submission itself used 50 MB (measured: 2005 vs 46 MB for one zip, spawned from pytest vs a bare Python).
+    # Where /proc is polled (every POLL_S) its figure is the submission's own; rusage is the fallback.
+    peaks = [ended.peak_rss_mb] if ended.peak_rss_mb else [v for v in (ended.rusage_maxrss_mb,
+                                                                        state.get("maxrss_mb")) if v]
+    result.stages, result.elapsed_s, result.stage_reached = stages, ended.elapsed_s, reached
+    result.returncode = ended.returncode
+    result.peak_memory_mb = round(max(peaks), 1) if peaks else None
+    result.stderr = _read_end(folder.logs / "stderr.txt")
+    result.stderr_tail = summarize(result.stderr)
+    result.versions = state.get("versions", {})
+    result.n = sizes[0] if sizes else 0
+    result.set_seconds = {names[int(k)]: info["end"] - info["start"] for k, info in set_info.items()
+                          if "end" in info and int(k) < len(names)}
+    return reached
 
 
 def run_submission(submission_dir, images, *, n_classes, python=sys.executable, time_limit_s=600.0,
