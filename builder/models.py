@@ -47,6 +47,7 @@ class BuiltModel:
     inputs: InputBranches = field(default_factory=InputBranches)
     preprocess_steps: CellPreprocessing = field(default_factory=CellPreprocessing)
     block: str = "basic"       # custom_cnn's stages' blocks (basic | inverted)
+    colour_dropout: float = 0.0  # share of training images whose colour channels are zeroed (input branches kept)
 
     @property
     def pretrained(self) -> bool:
@@ -56,7 +57,7 @@ class BuiltModel:
         """For the manifest/log: what was built."""
         return {"backbone": self.spec.name, "family": self.spec.family, "input_size": self.input_size,
                 "weights": self.weights, "preprocessing": self.spec.preprocessing, "head": asdict(self.head),
-                "block": self.block, "inputs": list(self.inputs.names()),
+                "block": self.block, "inputs": list(self.inputs.names()), "colour_dropout": self.colour_dropout,
                 "preprocess": self.preprocess_steps.to_list(), "params": int(self.model.count_params()),
                 "backbone_params": int(self.backbone.count_params())}
 
@@ -64,7 +65,7 @@ class BuiltModel:
 def build_model(backbone: str, *, num_classes: int = 8, input_shape=(96, 96, 3), input_size: int | None = None,
                 weights: str = "none", head: HeadConfig | None = None, seed: int = 0,
                 inputs: InputBranches | None = None, width: int | None = None, block: str = "basic",
-                preprocess=None) -> BuiltModel:
+                colour_dropout: float = 0.0, preprocess=None) -> BuiltModel:
     """Backbone `backbone` + preprocessing + head, taking raw 0..255 float32 images of `input_shape`.
 
     input_size: resize inside the model to input_size x input_size first (for backbones that want more
@@ -73,6 +74,9 @@ def build_model(backbone: str, *, num_classes: int = 8, input_shape=(96, 96, 3),
     image's 3 (subbench.builder.input_branches); an InputBranches or what InputBranches.from_names takes.
     width: custom_cnn only, the channels of its first stage (stages width, 2x, 4x, 8x); None = its default.
     block: custom_cnn only, its stages' blocks: basic (ResNet's) or inverted (MobileNetV2's inverted residual).
+    colour_dropout: with input branches, the share of training images whose 3 colour channels are zeroed
+    (a Dropout that drops the whole image, before the per-image standardisation, which undoes its 1 / (1 - rate)
+    scaling of the images it keeps: inference sees the same channels as training); 0 = none.
     preprocess: cell preprocessing steps applied in order to the raw input before everything else (resizing,
     the backbone's preprocessing, the input branches): a CellPreprocessing or what its from_spec takes
     (subbench.builder.cell_preprocessing).
@@ -84,6 +88,7 @@ def build_model(backbone: str, *, num_classes: int = 8, input_shape=(96, 96, 3),
     check_head(head)
     inputs = InputBranches.from_names(inputs)
     check_backbone(inputs, spec)
+    _check_colour_dropout(colour_dropout, inputs)
     input_shape, size = _checked_input(spec, input_shape, input_size)
     check_weights_option(weights)
     cell = CellPreprocessing.from_spec(preprocess)
@@ -102,7 +107,7 @@ def build_model(backbone: str, *, num_classes: int = 8, input_shape=(96, 96, 3),
     kwargs = {"include_top": False, "input_shape": (*spatial, 3 + inputs.channels), **dict(spec.constructor_kwargs),
               **_custom_cnn_kwargs(spec, width, block)}
     net, fix = backbone_with_weights(spec, weights, kwargs)
-    x, pre = _preprocessed(raw, image, pre + fix, inputs)
+    x, pre = _preprocessed(raw, image, pre + fix, inputs, colour_dropout, seed)
     pre = cell_layers + pre
     pretrained = weights != "none"
     # Pretrained: inference-mode BatchNorm for good (standard Keras transfer learning); from scratch: normal.
@@ -111,7 +116,7 @@ def build_model(backbone: str, *, num_classes: int = 8, input_shape=(96, 96, 3),
     built = BuiltModel(model=model, backbone=net, backbone_layers=_depth_ordered_layers(net), spec=spec, head=head,
                        input_size=spatial[0], weights=str(weights),
                        preprocess=keras.Model(inp, x, name="preprocess"), preprocess_layers=pre, inputs=inputs,
-                       preprocess_steps=cell, block=block)
+                       preprocess_steps=cell, block=block, colour_dropout=float(colour_dropout))
     set_backbone_trainable(built, 0.0 if pretrained else 1.0)
     return built
 
@@ -146,16 +151,31 @@ def _checked_input(spec: BackboneSpec, input_shape, input_size) -> tuple[tuple, 
     return input_shape, size
 
 
-def _preprocessed(raw, image, pre: list, inputs: InputBranches) -> tuple:
+def _check_colour_dropout(rate, inputs: InputBranches) -> None:
+    if not 0.0 <= float(rate) < 1.0:
+        raise ModelConfigError(f"colour dropout {rate} is outside [0, 1)", "give a share of the images, e.g. 0.3")
+    if rate and not inputs:
+        raise ModelConfigError("colour dropout needs input branches: without them a dropped image is blank",
+                               "add --inputs (e.g. edges,folded), or leave --colour-dropout out")
+
+
+def _preprocessed(raw, image, pre: list, inputs: InputBranches, colour_dropout: float = 0.0, seed: int = 0) -> tuple:
     """(the backbone's input: `image` through the preprocessing layers `pre`, the input branches' channels after
     it; every preprocessing layer, branches' included). The branches take the raw input (edges: the Sobel wants
-    2 more pixels than the resized image has) and the resized image before standardisation (equalized)."""
+    2 more pixels than the resized image has) and the resized image before standardisation (equalized).
+    colour_dropout: the share of training images whose colour channels are zeroed before `pre`."""
     from keras import layers
 
     extras, extra_layers = build_branches(inputs, raw, image)
     x = image
+    if colour_dropout:
+        drop = layers.Dropout(colour_dropout, noise_shape=(None, 1, 1, 1), seed=seed, dtype="float32",
+                              name="pre_colour_dropout")
+        x = drop(x)
     for layer in pre:
         x = layer(x)
+    if colour_dropout:
+        pre = [drop] + pre
     if extras:
         concat = layers.Concatenate(dtype="float32", name="pre_with_extra_channels")
         x = concat([x, *extras])

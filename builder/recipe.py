@@ -42,7 +42,8 @@ class RecipeError(SubbenchError):
 
 # TOML table -> the fields it may hold (names are the dataclass fields below).
 SECTIONS = {
-    "model": ("backbone", "weights", "input_size", "width", "block", "whiten_stem", "inputs", "preprocess"),
+    "model": ("backbone", "weights", "input_size", "width", "block", "whiten_stem", "inputs", "colour_dropout",
+              "preprocess"),
     "head": ("head", "head_dense", "head_batchnorm", "head_dropout", "head_l2"),
     "loss": ("loss", "label_smoothing", "focal_gamma", "focal_alpha", "balance"),
     "optimizer": ("optimizer", "learning_rate", "weight_decay", "schedule", "lookahead"),
@@ -70,6 +71,9 @@ class Recipe:
     whiten_stem: bool = False         # custom_cnn: start its first conv as a whitening of the training patches
     # custom_cnn: more input channels (subbench.builder.input_branches); TOML: inputs = ["edges", "equalized"]
     inputs: InputBranches = field(default_factory=InputBranches)
+    # with input branches: the share of training images whose 3 colour channels are zeroed (the model then sees
+    # only its branches' channels for them); 0 = off
+    colour_dropout: float = 0.0
     # cell preprocessing on the raw image, in this order (subbench.builder.cell_preprocessing); TOML:
     # preprocess = ["illumination", "clahe"], a step with parameters as {name = "clahe", clip_limit = 3.0}
     preprocess: CellPreprocessing = field(default_factory=CellPreprocessing)
@@ -160,6 +164,7 @@ RANGES = {
     "unfreeze_to": (float, 0.0, 1.0, False), "input_size": (int, 32, None, False),
     "time_budget_s": (float, 0.0, None, True), "width": (int, 4, None, False), "autosize_epochs": (int, 0, None, False),
     "lookahead": (float, 0.0, 0.9999, False), "progressive": (float, 0.0, 0.95, False),
+    "colour_dropout": (float, 0.0, 0.95, False),
 }
 
 
@@ -186,6 +191,10 @@ def check_values(recipe: Recipe, where: str = "recipe") -> Recipe:
                                                                          else "")
             raise RecipeError(f"{where}: {name} = {value!r} is not {'an integer' if kind is int else 'a number'} "
                               f"{bound}", f"set {name} to {'an integer' if kind is int else 'a number'} {bound}")
+    if recipe.colour_dropout and not recipe.inputs:
+        raise RecipeError(f"{where}: colour_dropout = {recipe.colour_dropout} needs input branches (a dropped "
+                          "image would be blank)", "add inputs (e.g. [\"edges\", \"folded\"]), or set "
+                          "colour_dropout = 0")
     return recipe
 
 

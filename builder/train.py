@@ -294,9 +294,8 @@ def train(recipe: Recipe, images: np.ndarray, labels: np.ndarray, val_images: np
         size, width = _model_size(recipe, state, images, labels, val_images, num_classes, head, deadline, echo)
         def build(input_size):
             return build_model(recipe.backbone, num_classes=num_classes, input_shape=images.shape[1:],
-                               input_size=input_size, weights=recipe.weights, head=head, seed=recipe.seed,
-                               inputs=recipe.inputs, width=width, block=recipe.block,
-                               preprocess=recipe.preprocess)
+                               input_size=input_size, weights=recipe.weights, head=head, width=width,
+                               **model_options(recipe))
 
         with strategy.scope():
             built = build(size)
@@ -326,6 +325,13 @@ def train(recipe: Recipe, images: np.ndarray, labels: np.ndarray, val_images: np
     finally:
         if policy != "float32":
             keras.mixed_precision.set_global_policy("float32")
+
+
+def model_options(recipe: Recipe) -> dict:
+    """build_model's arguments that the recipe gives as they are (the size, width, head and weights are the
+    caller's: autosize and progressive resizing pick them)."""
+    return {"seed": recipe.seed, "inputs": recipe.inputs, "block": recipe.block,
+            "colour_dropout": recipe.colour_dropout, "preprocess": recipe.preprocess}
 
 
 def _set_precision(recipe: Recipe, echo) -> str:
@@ -364,8 +370,7 @@ def _model_size(recipe: Recipe, state: dict, images, labels, val_images, num_cla
 
     def build_probe(size, width):
         model = build_model(recipe.backbone, num_classes=num_classes, input_shape=images.shape[1:], input_size=size,
-                            head=head, seed=recipe.seed, inputs=recipe.inputs, width=width, block=recipe.block,
-                            preprocess=recipe.preprocess).model
+                            head=head, width=width, **model_options(recipe)).model
         _compile_plain(model, recipe)
         return model
 
@@ -402,12 +407,13 @@ def _open_state(build_dir: Path, recipe: Recipe, resume: bool) -> dict:
 
 
 def _current_form(stored: dict) -> dict:
-    """A recipe from state.json as Recipe.to_dict() writes it now (builds before `inputs` stored a boolean per
-    input branch, and had no `preprocess`), so that such a build resumes."""
-    from subbench.builder.recipe import LEGACY_INPUT_KEYS
+    """A recipe from state.json as Recipe.to_dict() writes it now, so that a build of an older version resumes:
+    the options added since (e.g. preprocess, block, colour_dropout) at their defaults, which is what that build
+    trained with, and `inputs` from the boolean per input branch that builds before it stored."""
+    from subbench.builder.recipe import LEGACY_INPUT_KEYS, Recipe
 
-    if "preprocess" not in stored:
-        stored = {**stored, "preprocess": []}
+    added = {k: v for k, v in Recipe().to_dict().items() if k not in stored and k != "inputs"}
+    stored = {**stored, **added}
     if "inputs" in stored:
         return stored
     current = {k: v for k, v in stored.items() if k not in LEGACY_INPUT_KEYS}

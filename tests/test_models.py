@@ -251,6 +251,25 @@ def test_folded_channels_are_min_of_x_and_its_inverse_and_ignore_solarize():
         assert np.abs(other[..., :3] - got[..., :3]).max() > 0.5
 
 
+def test_colour_dropout_blanks_the_colours_of_a_share_of_training_images_only():
+    """colour_dropout=0.5: in training, about half the images reach the backbone with their 3 colour channels
+    zero and the branches' channels as they are; the images kept have the same colour channels as at inference
+    (the per-image standardisation undoes Dropout's rescaling). At inference nothing is dropped. Without input
+    branches it is a named error."""
+    x = images(64)
+    built = build_model("custom_cnn", input_size=64, inputs=InputBranches.from_names("folded"), colour_dropout=0.5)
+    assert built.describe()["colour_dropout"] == 0.5
+    infer = np.asarray(built.preprocess(x, training=False))
+    train = np.asarray(built.preprocess(x, training=True))
+    dropped = np.all(train[..., :3] == 0, axis=(1, 2, 3))
+    assert 16 <= dropped.sum() <= 48, dropped.sum()          # binomial(64, 0.5): 32 +- 4
+    np.testing.assert_allclose(train[..., 3:], infer[..., 3:], atol=1e-5)
+    np.testing.assert_allclose(train[~dropped, ..., :3], infer[~dropped, ..., :3], atol=1e-3)
+    assert not np.any(np.all(infer[..., :3] == 0, axis=(1, 2, 3)))
+    with pytest.raises(ModelConfigError, match="colour dropout needs input branches"):
+        build_model("custom_cnn", colour_dropout=0.3)
+
+
 def _layer_kinds(model) -> Counter:
     return Counter(type(layer).__name__ for layer in model.layers)
 
@@ -629,8 +648,9 @@ def test_one_model_per_family_loads_on_the_server_keras(tmp_path):
     # the cpu recipe's input (96 px resized to 64 inside) with the edge channels (a frozen Sobel DepthwiseConv2D),
     # the folded ones (Rescaling, Minimum) and the equalised ones (frozen Conv2D ramps, Dense, Reshape, Dot); and
     # the inverted residual blocks (DepthwiseConv2D, the exported BatchNormalization)
+    # (the inverted one with colour dropout: a Dropout layer, identity at inference)
     for tag, block in (("edges", "basic"), ("inverted", "inverted")):
-        built = build_model("custom_cnn", input_size=64, block=block,
+        built = build_model("custom_cnn", input_size=64, block=block, colour_dropout=0.3 if block == "inverted" else 0,
                             inputs=InputBranches.from_names(["edges", "folded", "equalized"]))
         export_model(built.model, tmp_path / f"custom_cnn_{tag}.keras", table)
         np.save(tmp_path / f"custom_cnn_{tag}.npy", built.model.predict(x, verbose=0))

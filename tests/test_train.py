@@ -65,7 +65,11 @@ def test_bad_recipe(tmp_path):
                                          ("[head]\nhead_batchnorm = 1", "head_batchnorm = 1 is not true or false"),
                                          ("[train]\nmixed_precision = 'yes'", "mixed_precision = 'yes' is not"),
                                          ("[model]\nedge_channels = 'on'", "edge_channels = 'on' is not true"),
-                                         ("[model]\nblock = 'dense'", "block = 'dense' is not one of")])
+                                         ("[model]\nblock = 'dense'", "block = 'dense' is not one of"),
+                                         ("[model]\ninputs = ['folded']\ncolour_dropout = 1.0",
+                                          "colour_dropout = 1.0 is not a number at least 0.0 and at most 0.95"),
+                                         ("[model]\ncolour_dropout = 0.3", "colour_dropout = 0.3 needs input "
+                                                                          "branches")])
 def test_recipe_values_are_checked_when_read(tmp_path, line, named):
     (tmp_path / "r.toml").write_text(line + "\n")
     with pytest.raises(RecipeError, match=named):
@@ -91,7 +95,10 @@ def test_a_build_from_before_inputs_resumes():
     now = load_recipe("cpu").to_dict()
     older = {k: v for k, v in now.items() if k != "inputs"}
     older.update(edge_channels=True, equalized_channels=False)
-    assert _current_form(older) == now and _current_form(now) is now
+    assert _current_form(older) == now and _current_form(now) == now
+    # a build from before the options added since (preprocess, block, colour_dropout): at their defaults
+    before = {k: v for k, v in now.items() if k not in ("preprocess", "block", "colour_dropout")}
+    assert _current_form(before) == now
 
 
 def test_unknown_or_contradicting_input_branches_are_named_errors(tmp_path):

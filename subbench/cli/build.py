@@ -55,6 +55,9 @@ TRAINING_OPTIONS = [
                  callback=_input_branches,
                  help="custom_cnn: input branches, more channels computed inside the model; "
                       + "; ".join(f"{b.name}: {b.help}" for b in INPUT_BRANCHES.values()) + "."),
+    click.option("--colour-dropout", type=float, default=None, metavar="SHARE",
+                 help="custom_cnn with --inputs: zero the colour channels of this share of the training images, "
+                      "so that the model learns to use its input branches (0: off)."),
     click.option("--preprocess", default=None, metavar=",".join(PREPROCESSORS) + "|" + NO_PREPROCESS,
                  callback=_preprocess,
                  help="Cell preprocessing inside the model, on the raw image, in the order given; "
