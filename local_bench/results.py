@@ -349,24 +349,24 @@ class Leaderboard(ResultMixin):
 
     @classmethod
     def from_scores(cls, named: list[tuple[str, Score]]) -> "Leaderboard":
-        rows = []
+        ranked = []
         for name, s in named:
             proj = s.timing.projection
             clean_m = s.clean.metrics if s.clean else None
-            rows.append(LeaderboardRow(
+            ranked.append((LeaderboardRow(
                 rank=0, name=name, status=Status(s.status), key=s.leaderboard_key, score=s.value,
                 ci95=s.metrics.accuracy_ci95 if s.metrics else None, n=s.n,
                 simulate_hidden=s.scored_on.simulate_hidden, data=s.scored_on.data, part=s.scored_on.part,
                 elapsed_s=s.timing.elapsed_s, projected_s=proj.projected_s if proj else None,
                 hidden_size=proj.hidden_size if proj else None, peak_memory_mb=s.peak_memory_mb,
-                clean=clean_m.accuracy if clean_m else None, clean_gap=s.clean.gap if s.clean else None))
-        rows.sort(key=lambda r: (not Status(r.status).ok, -(r.score if r.score is not None else -1.0)))
+                clean=clean_m.accuracy if clean_m else None, clean_gap=s.clean.gap if s.clean else None), s))
+        # each row sorted with its own Score (two results may bear the same name)
+        ranked.sort(key=lambda rs: (not Status(rs[0].status).ok, -(rs[0].score if rs[0].score is not None else -1.0)))
+        rows = [r for r, _ in ranked]
         for i, r in enumerate(rows, 1):
             r.rank = i
         kinds = {(r.data, r.part, r.n, r.simulate_hidden) for r in rows if Status(r.status).ok}
-        by_name = dict(named)
-        ranked = [(r.name, by_name[r.name]) for r in rows if r.name in by_name]
-        return cls(rows, comparable=len(kinds) <= 1, paired=paired_comparisons(ranked))
+        return cls(rows, comparable=len(kinds) <= 1, paired=paired_comparisons([(r.name, s) for r, s in ranked]))
 
     @property
     def warning(self) -> str | None:

@@ -274,7 +274,27 @@ def compare(results, data=None, profile=None, *, echo: Echo | None = None, **opt
         else:
             s = Score.load(r)
         scored.append((name or _default_name(r, s), s))
+    if not isinstance(results, Mapping):
+        scored = [(n, s) for n, (_, s) in zip(_distinct_names([r for _, r in named], [n for n, _ in scored]),
+                                              scored)]
     return Leaderboard.from_scores(scored)
+
+
+def _distinct_names(refs, names) -> list[str]:
+    """`names`, where two are the same and come from paths (e.g. base/result and folded/result), with as many
+    of their parent folders as tell them apart."""
+    names = list(names)
+    for depth in (2, 3):
+        seen = {}
+        for n in names:
+            seen[n] = seen.get(n, 0) + 1
+        if all(v == 1 for v in seen.values()):
+            break
+        for i, (ref, n) in enumerate(zip(refs, names)):
+            if seen[n] > 1 and isinstance(ref, (str, os.PathLike)):
+                parts = Path(os.path.abspath(os.fspath(ref))).parts
+                names[i] = "/".join(parts[-depth:])
+    return names
 
 
 def _as_list(results) -> list:

@@ -148,6 +148,19 @@ def test_score_carries_the_breakdown_through_files_report_and_compare(tmp_path):
     board = Leaderboard.from_scores([(n, Score.load(tmp_path / n)) for n in ("perfect", "almost")])
     assert len(board.paired) == 1 and board.paired[0].n == 48
     assert "same 48 images" in str(board) and 'class="paired"' in board.html()
+    # two score folders of the same name (runs/a/result, runs/b/result): told apart, each paired as itself
+    import shutil
+
+    import subbench
+
+    for run, name in (("a", "perfect"), ("b", "almost")):
+        shutil.copytree(tmp_path / name, tmp_path / "runs" / run / "result")
+    same_name = subbench.compare([tmp_path / "runs" / "a" / "result", tmp_path / "runs" / "b" / "result"])
+    assert [r.name for r in same_name.rows] == [{"perfect": "a/result", "almost": "b/result"}[r.name]
+                                                for r in board.rows]
+    assert [(o.only_a, o.only_b) for o in same_name.paired[0].ops] == [(o.only_a, o.only_b)
+                                                                        for o in board.paired[0].ops]
+    assert sum(o.only_a + o.only_b for o in same_name.paired[0].ops) > 0
     # one draw: the breakdown of exactly the server emulation's predictions
     one = _scored(tmp_path, "one", PERFECT, images, labels, draws=1)
     assert one.draws.k == 1 and one.breakdown.n == 48 and one.value == (one.predictions == labels).mean()
