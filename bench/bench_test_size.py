@@ -17,7 +17,6 @@ Each folder is a bench_cpu_recipe.py --out folder (sub.zip, sub.build/).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import sys
@@ -26,16 +25,17 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from bench_hidden_fidelity import diff_interval  # noqa: E402
 from hostinfo import cpu_line  # noqa: E402
 
 
 def trained_recipe(build_dir: Path):
-    """The recipe the build trained with, as its state.json recorded it (command-line options included)."""
+    """The recipe the build trained with, as its state.json recorded it (command-line options included), read the
+    way a resumed build reads it."""
     from subbench.builder.recipe import Recipe
+    from subbench.builder.train import _current_form
 
-    stored = json.loads((build_dir / "main" / "state.json").read_text())["recipe"]
-    names = {f.name for f in dataclasses.fields(Recipe)}
-    return Recipe(**{k: v for k, v in stored.items() if k in names})
+    return Recipe(**_current_form(json.loads((build_dir / "main" / "state.json").read_text())["recipe"]))
 
 
 def correct_by_size(run: Path, data: Path, sizes: list[int], draws: int, phase: str):
@@ -67,8 +67,6 @@ def correct_by_size(run: Path, data: Path, sizes: list[int], draws: int, phase: 
 
 
 def main() -> None:
-    import numpy as np
-
     ap = argparse.ArgumentParser()
     ap.add_argument("runs", nargs="+", type=Path, help="bench_cpu_recipe.py --out folders")
     ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "pbc96")
@@ -79,18 +77,14 @@ def main() -> None:
     args = ap.parse_args()
     print(cpu_line())
     sizes = [int(s) for s in args.sizes.split(",")]
-    rng = np.random.default_rng(0)
     for run in args.runs:
         correct, trained = correct_by_size(run, args.data, sizes, args.draws, args.phase)
-        base = correct[trained].mean(0)
         print(f"{run} ({args.phase}): trained at {trained} px; {correct[trained].shape[1]} held-out images, {args.draws} an2dl draws, "
               "no TTA")
         for s, c in correct.items():
-            d = c.mean(0) - base
-            boot = [d[rng.integers(0, len(d), len(d))].mean() for _ in range(2000)]
+            points, (lo, hi) = diff_interval(c, correct[trained])
             print(f"  tested at {s} px: accuracy {c.mean():.4f} (draws {', '.join(f'{a:.4f}' for a in c.mean(1))}); "
-                  f"against {trained} px {d.mean():+.4f}, 95% [{np.percentile(boot, 2.5):+.4f}, "
-                  f"{np.percentile(boot, 97.5):+.4f}]", flush=True)
+                  f"against {trained} px {points / 100:+.4f}, 95% [{lo / 100:+.4f}, {hi / 100:+.4f}]", flush=True)
 
 
 if __name__ == "__main__":
